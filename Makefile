@@ -1,0 +1,48 @@
+# shardrec: `make demo` trains DLRM on synthetic data; `make test` runs the test suite.
+# Both create .venv with the pinned CPU stack first (reused when it is already healthy).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The matched CPU stack (see docs/troubleshooting.md for the version table).
+TORCH := torch==2.13.0
+FBGEMM := fbgemm-gpu-cpu==1.8.0
+TORCHREC := torchrec==1.8.0
+# torchrec's own runtime needs, installed by hand because torchrec goes in with --no-deps.
+TORCHREC_DEPS := tensordict torchmetrics==1.0.3 pyre-extensions tqdm
+STAMP := $(VENV)/.shardrec-installed
+DEMO_DATA := data/demo
+DEMO_ROWS := 1250000
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# The stamp depends on the files that define what is installed, so editing them reinstalls.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and exact: a looser spec pulls the newest CUDA build (several GB).
+	$(BIN)/pip install --quiet $(TORCH) $(FBGEMM)
+	# --no-deps: torchrec's `fbgemm-gpu` requirement would install the CUDA build over the
+	# CPU one, which then fails to load without CUDA.
+	$(BIN)/pip install --quiet --no-deps $(TORCHREC)
+	$(BIN)/pip install --quiet $(TORCHREC_DEPS) "ray[train,default]==2.60.0" pytest ruff
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -c "import torch, fbgemm_gpu, torchrec, pyarrow, ray; print('stack ok: torch', torch.__version__)"
+	@touch $(STAMP)
+
+$(DEMO_DATA)/schema.json: | $(STAMP)
+	$(BIN)/shardrec synth --out $(DEMO_DATA) --rows $(DEMO_ROWS) --preset demo --overwrite
+
+demo: $(STAMP) $(DEMO_DATA)/schema.json
+	$(BIN)/shardrec train --config configs/demo.yaml --run-dir runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs data/demo

@@ -1,0 +1,138 @@
+"""The typed configuration tree of a shardrec run.
+
+Every field has a docstring-style comment right above it; `configs.loader` reads YAML
+presets plus dotted CLI overrides (`--train.batch_size=4096`) into these dataclasses and
+checks every key and type. Each component receives only its own section: the reader gets
+`DatasetConfig`, the sharding code `EmbeddingsConfig`, and so on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DatasetConfig:
+    """Where the data lives and how it is read."""
+
+    # Folder written by `shardrec synth` or `shardrec convert`: schema.json plus one
+    # subfolder of Parquet files per split.
+    path: str = "data/demo"
+    # Split used for training.
+    train_split: str = "train"
+    # Decoded batches kept ready by the background reader thread (0 = read inline).
+    prefetch_batches: int = 4
+    # Rows mixed in a shuffle buffer before batching (0 = read in file order).
+    shuffle_buffer: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train: a registry name and one of its flavors."""
+
+    # Registry name of the model (see `trainer.registry.MODELS`).
+    name: str = "dlrm"
+    # Size preset of the model: `debug` is tiny (tests); others are listed per model.
+    flavor: str = "small"
+
+
+@dataclass
+class EmbeddingsConfig:
+    """Embedding tables: placement and their fused (in-backward) optimizer."""
+
+    # Fused FBGEMM optimizer applied to the embedding tables inside the backward pass.
+    optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = "rowwise_adagrad"
+    # Learning rate of the fused embedding optimizer.
+    lr: float = 0.05
+    # Epsilon of the Adagrad-type embedding optimizers.
+    eps: float = 1e-8
+    # Sharding types the planner may choose from (empty = any the sharder offers).
+    sharding_types: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OptimizerConfig:
+    """The dense optimizer (MLPs, interaction layers, data-parallel tables)."""
+
+    # Optimizer of the dense parameters.
+    name: Literal["sgd", "adagrad", "adam"] = "adagrad"
+    # Learning rate of the dense optimizer.
+    lr: float = 0.01
+    # L2 weight decay of the dense optimizer.
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    # Rows per step on each rank.
+    batch_size: int = 2048
+    # Passes over the training split.
+    epochs: int = 1
+    # Stop after this many steps (0 = run all epochs).
+    max_steps: int = 0
+    # Seed of model initialisation and data shuffling.
+    seed: int = 0
+    # Write a metrics.jsonl line (and a log line when stdout is not a terminal) every N steps.
+    log_every: int = 50
+    # `sparse_dist`: TorchRec's TrainPipelineSparseDist (overlaps input distribution with
+    # compute); `base`: the plain one-batch-at-a-time pipeline.
+    pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
+    # Intra-op CPU threads for torch (0 = all cores).
+    num_threads: int = 0
+    # Show a progress bar when stderr is a terminal.
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after training."""
+
+    # Split scored at the end of training (and by `shardrec eval`).
+    split: str = "test"
+    # Rows per evaluation batch on each rank.
+    batch_size: int = 8192
+    # Evaluate at most this many batches (0 = the whole split).
+    max_batches: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    """torch.distributed.checkpoint snapshots in the run folder."""
+
+    # Save a checkpoint when training ends.
+    save_final: bool = True
+    # Also save every N steps (0 = only at the end).
+    every_steps: int = 0
+    # Keep at most this many checkpoints (oldest are deleted first).
+    keep: int = 2
+
+
+@dataclass
+class RayConfig:
+    """Ray Train settings used by `shardrec ray`."""
+
+    # Number of Ray Train workers (ranks).
+    num_workers: int = 2
+    # CPUs each worker asks Ray for (fractions leave room for Ray Data readers).
+    cpus_per_worker: float = 1.0
+    # Give each worker one GPU.
+    use_gpu: bool = False
+
+
+@dataclass
+class Config:
+    """A whole run. `run_dir` is where config.yaml, metrics and checkpoints go."""
+
+    # Output folder of the run (default: runs/<model>-<timestamp>).
+    run_dir: str = ""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ray: RayConfig = field(default_factory=RayConfig)

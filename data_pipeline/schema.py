@@ -1,0 +1,138 @@
+"""The on-disk data set format: a folder of Parquet shards per split plus `schema.json`.
+
+    DIR/schema.json
+    DIR/train/part-00000.parquet ...
+    DIR/valid/...  DIR/test/...
+
+Columns: the label (float32, 0/1), dense features (float32, one column each), sparse
+features as int64 (one-hot) or list<int64> (multi-hot). Every sparse id is already in
+[0, num_embeddings). Whatever writes a data set (generator, converter) writes schema.json
+last, so a folder with a schema is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from configs.errors import UserError
+
+SCHEMA_FILE = "schema.json"
+FORMAT = "shardrec-parquet"
+VERSION = 1
+
+
+@dataclass
+class SparseFeature:
+    """A categorical feature and the size of its embedding table."""
+
+    name: str
+    num_embeddings: int
+    # True: a list<int64> column with 0..n ids per row (pooled); False: one int64 id per row.
+    multi_hot: bool = False
+
+
+@dataclass
+class DatasetSchema:
+    label: str
+    dense: list[str]
+    sparse: list[SparseFeature]
+    # Row count per split, e.g. {"train": 800000, "valid": 100000, "test": 100000}.
+    splits: dict[str, int] = field(default_factory=dict)
+    # AUC of the hidden teacher on each split (synthetic data only): the ceiling a model can reach.
+    teacher_auc: dict[str, float] = field(default_factory=dict)
+    # Free-form provenance (generator arguments, converter options, skipped rows).
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparse_names(self) -> list[str]:
+        return [f.name for f in self.sparse]
+
+    def arrow_schema(self) -> pa.Schema:
+        """The Arrow schema every shard of this data set has."""
+        fields = [pa.field(self.label, pa.float32())]
+        fields += [pa.field(name, pa.float32()) for name in self.dense]
+        fields += [
+            pa.field(f.name, pa.list_(pa.int64()) if f.multi_hot else pa.int64()) for f in self.sparse
+        ]
+        return pa.schema(fields)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "schema.json") -> DatasetSchema:
+        if obj.get("format") != FORMAT:
+            raise UserError(f"{where}: 'format' must be '{FORMAT}', got {obj.get('format')!r}")
+        try:
+            sparse = [SparseFeature(**f) for f in obj["sparse"]]
+            schema = cls(
+                label=obj["label"],
+                dense=list(obj["dense"]),
+                sparse=sparse,
+                splits=dict(obj.get("splits", {})),
+                teacher_auc=dict(obj.get("teacher_auc", {})),
+                source=dict(obj.get("source", {})),
+            )
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{where}: missing or malformed entry {e}") from None
+        for f in schema.sparse:
+            if f.num_embeddings <= 0:
+                raise UserError(f"{where}: sparse feature '{f.name}' has num_embeddings {f.num_embeddings}, expected > 0")
+        return schema
+
+
+def load_schema(dataset_dir: str | os.PathLike) -> DatasetSchema:
+    """Read DIR/schema.json; a missing folder or file is a `UserError` saying how to make one."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise UserError(
+            f"dataset folder '{root}' does not exist (make one with `shardrec synth --out {root}` "
+            "or `shardrec convert`, or set --dataset.path)"
+        )
+    path = root / SCHEMA_FILE
+    if not path.is_file():
+        raise UserError(f"dataset folder '{root}' has no {SCHEMA_FILE}: it is not a shardrec data set (or it is incomplete)")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    return DatasetSchema.from_json(obj, where=str(path))
+
+
+def write_schema(dataset_dir: str | os.PathLike, schema: DatasetSchema) -> None:
+    path = Path(dataset_dir) / SCHEMA_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(schema.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def split_files(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The Parquet shards of one split, sorted by name."""
+    folder = Path(dataset_dir) / split
+    if not folder.is_dir():
+        present = sorted(p.name for p in Path(dataset_dir).iterdir() if p.is_dir())
+        raise UserError(f"dataset '{dataset_dir}' has no split '{split}' (splits present: {', '.join(present) or 'none'})")
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise UserError(f"split folder '{folder}' holds no .parquet files")
+    return files
+
+
+def check_file_schema(path: Path, actual: pa.Schema, schema: DatasetSchema) -> None:
+    """Fail with the file and column when a shard does not match schema.json."""
+    for expected in schema.arrow_schema():
+        idx = actual.get_field_index(expected.name)
+        if idx < 0:
+            raise UserError(f"{path}: column '{expected.name}' of schema.json is missing from the file")
+        got = actual.field(idx).type
+        if got != expected.type and not (pa.types.is_list(got) and pa.types.is_list(expected.type)
+                                         and got.value_type == expected.type.value_type):
+            raise UserError(
+                f"{path}: column '{expected.name}' has type {got}, schema.json expects {expected.type}"
+            )

@@ -1,0 +1,1 @@
+"""Embedding tables: configs from the data set schema, sharding plans, fused optimizers."""

@@ -1,0 +1,114 @@
+"""Placement of embedding tables: TorchRec's planner, sharders and DistributedModelParallel.
+
+The model arrives built on the meta device; here TorchRec's EmbeddingShardingPlanner picks
+a sharding type and compute kernel per table for the real topology, the sharders carry the
+fused FBGEMM optimizer settings (the table update runs inside the backward kernel, so no
+embedding gradient is ever materialised), and DistributedModelParallel materialises the
+local shards and wraps the dense part in DDP.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from configs.errors import UserError
+from configs.tree import EmbeddingsConfig
+
+FUSED_OPTIMIZERS = {
+    "sgd": EmbOptimType.EXACT_SGD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+}
+SHARDING_TYPES = [t.value for t in (
+    ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE,
+    ShardingType.TABLE_ROW_WISE, ShardingType.TABLE_COLUMN_WISE, ShardingType.DATA_PARALLEL,
+)]
+
+
+class EmbeddingBagSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EBC sharder, also offering row_wise and table_row_wise on CPU.
+
+    The stock sharder lists those two only for CUDA, but their CPU path (gloo all-to-all and
+    reduce-scatter over FBGEMM's CPU kernels) trains correctly; without them a CPU run could
+    never exercise the plans a GPU cluster will use.
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        if compute_device_type == "cpu":
+            types += [t for t in (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value) if t not in types]
+        return types
+
+
+def fused_params(cfg: EmbeddingsConfig) -> dict:
+    params = {"optimizer": FUSED_OPTIMIZERS[cfg.optimizer], "learning_rate": cfg.lr}
+    if cfg.optimizer != "sgd":
+        params["eps"] = cfg.eps
+    return params
+
+
+def make_sharders(cfg: EmbeddingsConfig) -> list[ModuleSharder[nn.Module]]:
+    return [EmbeddingBagSharder(fused_params=fused_params(cfg))]
+
+
+def table_names(model: nn.Module) -> list[str]:
+    return [c.name for m in model.modules() if isinstance(m, EmbeddingBagCollection)
+            for c in m.embedding_bag_configs()]
+
+
+def constraints(model: nn.Module, cfg: EmbeddingsConfig) -> dict[str, ParameterConstraints]:
+    bad = [t for t in cfg.sharding_types if t not in SHARDING_TYPES]
+    if bad:
+        raise UserError(f"config key 'embeddings.sharding_types': unknown {bad}; allowed: {SHARDING_TYPES}")
+    if not cfg.sharding_types:
+        return {}
+    return {name: ParameterConstraints(sharding_types=list(cfg.sharding_types)) for name in table_names(model)}
+
+
+def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,
+                  batch_size: int, pg: dist.ProcessGroup | None = None) -> ShardingPlan:
+    """The planner's plan for this topology; collective (same on all ranks) when pg is given.
+
+    batch_size is per rank: the planner's cost model uses it to weigh communication.
+    """
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=world_size, local_world_size=local_world_size),
+        kernel_config=KernelConfig(compute_device=device.type),
+    )
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
+                                       constraints=constraints(model, cfg))
+    sharders = make_sharders(cfg)
+    if pg is not None:
+        return planner.collective_plan(model, sharders, pg)
+    return planner.plan(model, sharders)
+
+
+def shard_model(model: nn.Module, cfg: EmbeddingsConfig, device: torch.device,
+                batch_size: int) -> DistributedModelParallel:
+    """Plan, then wrap `model` (built on meta) in DMP on `device`; parameters get initialised
+    (from the current torch seed) on the device."""
+    pg = dist.GroupMember.WORLD
+    plan = plan_sharding(model, cfg, dist.get_world_size(), device, batch_size, pg)
+    return DistributedModelParallel(module=model, device=device, plan=plan, sharders=make_sharders(cfg))
+
+
+def describe_plan(dmp: DistributedModelParallel) -> dict[str, dict]:
+    """{table: {"sharding_type", "compute_kernel", "ranks"}} of a sharded model."""
+    out = {}
+    for module_plan in dmp.plan.plan.values():
+        for table, ps in module_plan.items():
+            out[table] = {"sharding_type": ps.sharding_type, "compute_kernel": ps.compute_kernel,
+                          "ranks": list(ps.ranks or [])}
+    return out

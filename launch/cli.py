@@ -1,0 +1,124 @@
+"""The `shardrec` command line: synth, train, eval.
+
+Every subcommand turns its arguments into a config or a spec and calls library code; a
+`UserError` (bad key, missing folder, mismatched schema) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+from configs.errors import UserError
+
+
+def _quiet() -> None:
+    """Keep the console for shardrec's own output: TorchRec and torch are chatty at INFO."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("torchrec", "torch", "fbgemm_gpu"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
+    from data_pipeline.synth import generate, spec_from_preset
+
+    _no_extra(extra)
+    spec = spec_from_preset(args.preset, args.rows, seed=args.seed,
+                            max_table_size=args.max_table_size, multi_hot=args.multi_hot,
+                            zipf_alpha=args.zipf_alpha)
+    schema = generate(spec, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v:,} rows" for k, v in schema.splits.items())
+          + "; teacher AUC " + ", ".join(f"{k} {v:.4f}" for k, v in schema.teacher_auc.items()))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from configs.loader import load_config
+    from trainer.loop import run
+
+    cfg = load_config(args.config, extra + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
+    summary = run(cfg)
+    print_summary(summary)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from pathlib import Path
+
+    from configs.loader import load_config
+    from trainer.loop import evaluate_checkpoint
+
+    config = Path(args.run_dir) / "config.yaml"
+    if not config.is_file():
+        raise UserError(f"'{args.run_dir}' is not a run folder (no config.yaml)")
+    cfg = load_config(str(config), extra + [f"--run_dir={args.run_dir}"])
+    print(json.dumps(evaluate_checkpoint(cfg, args.checkpoint, args.split), indent=2))
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    auc = f"test AUC {s['auc']:.4f}"
+    if "teacher_auc" in s:
+        t = s["teacher_auc"]
+        auc += f" (teacher {t:.4f}; reached {(s['auc'] - 0.5) / (t - 0.5):.1%} of the teacher's lift over 0.5)"
+    print(f"\n{s['model']}/{s['flavor']}: {auc}\n"
+          f"logloss {s['logloss']:.4f} | {s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s "
+          f"= {s['samples_per_s']:,.0f} samples/s | world size {s['world_size']}\n"
+          f"run folder: {s['run_dir']}")
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shardrec", description="Train ranking models with sharded embeddings.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic Criteo-shaped data set with a hidden teacher")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--rows", type=int, required=True, help="rows in all (split 80/10/10 into train/valid/test)")
+    s.add_argument("--preset", default="criteo-kaggle", help="table sizes: criteo-kaggle, demo, tiny, tiny-multihot")
+    s.add_argument("--max-table-size", type=int, default=None, help="cap every table at this many rows")
+    s.add_argument("--multi-hot", type=int, default=None, help="the last 6 features get up to N ids per row")
+    s.add_argument("--zipf-alpha", type=float, default=None, help="power-law exponent of id frequencies")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(fn=cmd_synth)
+
+    t = sub.add_parser("train", help="train a model (single process, or under torchrun / Ray)",
+                       epilog="Any --section.key=value overrides the config, e.g. --train.batch_size=4096")
+    t.add_argument("--config", required=True, help="YAML file or preset name (demo, tiny)")
+    t.add_argument("--run-dir", default=None, help="output folder (default runs/<model>-<time>)")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="score a run's checkpoint on a split")
+    e.add_argument("--run-dir", required=True, help="a run folder written by `shardrec train`")
+    e.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the latest of the run)")
+    e.add_argument("--split", default=None, help="split to score (default: eval.split of the run's config)")
+    e.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parser().parse_known_args(argv)
+    _quiet()
+    try:
+        return args.fn(args, extra)
+    except UserError as e:
+        print(f"shardrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shardrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: model registry and models, the one `run(cfg)` loop, evaluation, checkpoints."""

@@ -1,0 +1,51 @@
+"""Process group and device for this process, whoever launched it.
+
+- torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR: join that group (env://).
+- Ray Train's TorchTrainer has already made the group: use it as is.
+- Otherwise (CPU mode, tests): a one-process gloo group on an in-memory store, so TorchRec's
+  DistributedModelParallel runs unchanged with no port to open.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    owns_group: bool  # True when this module created the group and must destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistEnv:
+    use_cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if use_cuda else "gloo"
+    owns = False
+    if not dist.is_initialized():
+        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend=backend, init_method="env://")
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        owns = True
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend(), owns)
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

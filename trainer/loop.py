@@ -1,0 +1,148 @@
+"""`run(cfg)`: the one training entry every launcher calls (CLI, torchrun, Ray Train).
+
+    schema ─► model on meta ─► plan + DMP (embeddings/) ─► combined optimizer
+    reader (this rank's row groups) ─► TorchRec train pipeline ─► metrics.jsonl
+    end: evaluate on cfg.eval.split over all ranks ─► DCP checkpoint ─► summary.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
+
+from configs.tree import Config
+from data_pipeline.reader import ShardReader
+from data_pipeline.schema import DatasetSchema, load_schema
+from embeddings.sharding import describe_plan, shard_model
+from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from trainer.distributed import DistEnv, init_distributed, shutdown
+from trainer.evaluate import evaluate
+from trainer.optim import make_optimizer
+from trainer.progress import Progress
+from trainer.registry import build_model
+from trainer.run_dir import RunDir, default_run_dir
+from trainer.task import ClickTask
+
+
+def run(cfg: Config) -> dict:
+    """Train, evaluate and checkpoint as `cfg` says; returns the summary (also in summary.json)."""
+    env = init_distributed()
+    try:
+        return _run(cfg, env)
+    finally:
+        shutdown(env)
+
+
+def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv):
+    """ClickTask(model) built on meta, sharded by embeddings/, with its combined optimizer."""
+    torch.manual_seed(cfg.train.seed)
+    task = ClickTask(build_model(schema, cfg.model, torch.device("meta")))
+    dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size)
+    return dmp, make_optimizer(dmp, cfg.optimizer)
+
+
+def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:
+    return ShardReader(cfg.dataset.path, split or cfg.eval.split, schema, cfg.eval.batch_size,
+                       rank=env.rank, world_size=env.world_size, drop_last=False,
+                       prefetch_batches=cfg.dataset.prefetch_batches)
+
+
+def _threads(cfg: Config) -> int:
+    if cfg.train.num_threads:
+        return cfg.train.num_threads
+    # Processes on one node share its cores.
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def _run(cfg: Config, env: DistEnv) -> dict:
+    torch.set_num_threads(_threads(cfg))
+    schema = load_schema(cfg.dataset.path)
+    cfg.run_dir = cfg.run_dir or default_run_dir(cfg)
+    run_dir = RunDir(cfg.run_dir, env.is_main)
+    run_dir.write_config(cfg)
+
+    train = ShardReader(cfg.dataset.path, cfg.dataset.train_split, schema, cfg.train.batch_size,
+                        rank=env.rank, world_size=env.world_size, drop_last=True,
+                        prefetch_batches=cfg.dataset.prefetch_batches,
+                        shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed)
+    evaluation = eval_reader(cfg, schema, env)  # opened now so a missing split fails early
+    model, optimizer = build_sharded_task(schema, cfg, env)
+
+    total = len(train) * cfg.train.epochs
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    global_batch = cfg.train.batch_size * env.world_size
+    progress = Progress(total, global_batch, enabled=env.is_main,
+                        bar=cfg.train.progress and sys.stderr.isatty(), log_every=cfg.train.log_every)
+    pipeline_cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
+    pipeline = pipeline_cls(model, optimizer, env.device)
+
+    step, in_epoch, start = 0, 0, time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        if step >= total:
+            break
+        train.set_epoch(epoch)
+        batches, in_epoch = iter(train), 0
+        while step < total:
+            try:
+                loss, _, _ = pipeline.progress(batches)
+            except StopIteration:
+                break
+            step, in_epoch = step + 1, in_epoch + 1
+            record = progress.step(step, epoch, float(loss))
+            if record:
+                run_dir.log(record)
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total:
+                save_checkpoint(run_dir.checkpoints, step, model, optimizer,
+                                train.state_dict(in_epoch), cfg.checkpoint.keep)
+        batches.close()
+    wall = time.perf_counter() - start
+    progress.close()
+    if isinstance(pipeline, TrainPipelineSparseDist):
+        # The pipeline rewrote the sharded modules' forward for its own use; restore it.
+        pipeline.detach()
+
+    metrics = evaluate(model, evaluation, env.device, cfg.eval.max_batches)
+    run_dir.log({"event": "eval", "split": cfg.eval.split, "step": step, **metrics})
+    if cfg.checkpoint.save_final:
+        save_checkpoint(run_dir.checkpoints, step, model, optimizer,
+                        train.state_dict(in_epoch), cfg.checkpoint.keep)
+
+    summary = {
+        "model": cfg.model.name, "flavor": cfg.model.flavor, "world_size": env.world_size,
+        "steps": step, "samples": step * global_batch, "wall_s": round(wall, 3),
+        "samples_per_s": round(step * global_batch / wall, 1) if wall > 0 else 0.0,
+        "auc": metrics["auc"], "logloss": metrics["logloss"], "eval_split": cfg.eval.split,
+        "eval_rows": metrics["rows"], "run_dir": str(run_dir.path),
+        "plan": describe_plan(model),
+    }
+    if cfg.eval.split in schema.teacher_auc:
+        summary["teacher_auc"] = schema.teacher_auc[cfg.eval.split]
+    run_dir.write_summary(summary)
+    return summary
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | None = None, split: str | None = None) -> dict:
+    """Load a checkpoint of `cfg.run_dir` (the latest by default) and score it on a split."""
+    from pathlib import Path
+
+    from configs.errors import UserError
+
+    env = init_distributed()
+    try:
+        torch.set_num_threads(_threads(cfg))
+        schema = load_schema(cfg.dataset.path)
+        run_dir = RunDir(cfg.run_dir, is_main=False)
+        path = Path(checkpoint) if checkpoint else (list_checkpoints(run_dir.checkpoints) or [None])[-1]
+        if path is None:
+            raise UserError(f"run folder '{cfg.run_dir}' has no checkpoints")
+        model, optimizer = build_sharded_task(schema, cfg, env)
+        state = load_checkpoint(path, model, optimizer)
+        metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
+        return {"checkpoint": str(path), "step": state["step"], "split": split or cfg.eval.split, **metrics}
+    finally:
+        shutdown(env)

@@ -1,0 +1,28 @@
+"""The binary click task around a ranking model: Batch in, (loss, outputs) out.
+
+TorchRec's train pipelines call `module(batch)` and expect `(loss, outputs)`, so this thin
+wrapper is what gets sharded; the model inside stays a plain (dense, KJT) -> logits module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.datasets.utils import Batch
+
+
+class ClickTask(nn.Module):
+    """Binary cross-entropy on logits.
+
+    forward(batch) -> (loss (), (loss.detach() (), logits (B,), labels (B,)))
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(batch.dense_features, batch.sparse_features).squeeze(-1)
+        loss = self.loss_fn(logits, batch.labels)
+        return loss, (loss.detach(), logits.detach(), batch.labels)
