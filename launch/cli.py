@@ -21,7 +21,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     logging.basicConfig(level=logging.WARNING)
-    for name in ("torchrec", "torch", "fbgemm_gpu"):
+    import torch  # noqa: F401 - torch sets its loggers' levels on import; override after
+
+    for name in ("torchrec", "torch", "torch.fx._symbolic_trace", "fbgemm_gpu"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
