@@ -77,6 +77,9 @@ class ShardReader:
                 )
         else:
             self.num_batches = -(-self.rows // batch_size)
+        # The most batches any rank yields: ranks with fewer must still join each collective.
+        self.max_batches_any_rank = (self.num_batches if drop_last
+                                     else max(-(-r // batch_size) for r in rows_per_rank))
         self.epoch, self._start_batch = 0, 0
 
     def __len__(self) -> int:

@@ -115,6 +115,8 @@ def write_schema(dataset_dir: str | os.PathLike, schema: DatasetSchema) -> None:
 def split_files(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
     """The Parquet shards of one split, sorted by name."""
     folder = Path(dataset_dir) / split
+    if not Path(dataset_dir).is_dir():
+        raise UserError(f"dataset folder '{dataset_dir}' does not exist")
     if not folder.is_dir():
         present = sorted(p.name for p in Path(dataset_dir).iterdir() if p.is_dir())
         raise UserError(f"dataset '{dataset_dir}' has no split '{split}' (splits present: {', '.join(present) or 'none'})")

@@ -32,15 +32,17 @@ CRITEO_KAGGLE_SIZES = [
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 ]
 
-# name -> (table size cap, multi-hot max length for the last 6 features (0 = all one-hot),
-#          Zipf exponent of the id frequencies). criteo-kaggle keeps the real sizes and a
-#          long tail; the others concentrate the mass so a few hundred thousand rows suffice
-#          to learn most of what the teacher knows.
+# Presets: a cap on the table sizes, the max ids per row of the last 6 features (1 = all
+# one-hot), the Zipf exponent of id frequencies, and the shard layout. criteo-kaggle keeps
+# the real sizes and a long tail; the others concentrate the mass so that a few hundred
+# thousand rows suffice to learn most of what the teacher knows. The tiny ones use small
+# row groups so that even a few thousand rows split over several ranks.
 PRESETS = {
-    "criteo-kaggle": (None, 0, 1.2),
-    "demo": (40_000, 0, 1.6),
-    "tiny": (2_000, 0, 1.6),
-    "tiny-multihot": (2_000, 5, 1.6),
+    "criteo-kaggle": dict(cap=None, multi_hot=1, zipf_alpha=1.2),
+    "demo": dict(cap=40_000, multi_hot=1, zipf_alpha=1.6),
+    "tiny": dict(cap=2_000, multi_hot=1, zipf_alpha=1.6, rows_per_file=10_000, row_group_rows=2_000),
+    "tiny-multihot": dict(cap=2_000, multi_hot=5, zipf_alpha=1.6, rows_per_file=10_000,
+                          row_group_rows=2_000),
 }
 
 NUM_DENSE = 13
@@ -70,13 +72,14 @@ def spec_from_preset(preset: str, rows: int, seed: int = 0, max_table_size: int 
     """The preset's spec; any argument given (not None) replaces the preset's value."""
     if preset not in PRESETS:
         raise UserError(f"unknown synth preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    cap, mh, alpha = PRESETS[preset]
-    cap = max_table_size or cap
-    mh = mh if multi_hot is None else multi_hot
+    preset_args = dict(PRESETS[preset])
+    cap = max_table_size or preset_args.pop("cap")
+    mh = preset_args.pop("multi_hot") if multi_hot is None else multi_hot
+    if zipf_alpha is not None:
+        preset_args["zipf_alpha"] = zipf_alpha
     sizes = [min(s, cap) if cap else s for s in CRITEO_KAGGLE_SIZES]
-    max_ids = [1] * 20 + [mh if mh > 1 else 1] * 6
-    return SynthSpec(rows=rows, table_sizes=sizes, max_ids=max_ids, seed=seed,
-                     zipf_alpha=alpha if zipf_alpha is None else zipf_alpha)
+    max_ids = [1] * 20 + [max(mh, 1)] * 6
+    return SynthSpec(rows=rows, table_sizes=sizes, max_ids=max_ids, seed=seed, **preset_args)
 
 
 class _IdSampler:
@@ -158,8 +161,7 @@ def generate(spec: SynthSpec, out: str | os.PathLike, overwrite: bool = False,
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        counts = np.floor(np.array(spec.split) / sum(spec.split) * spec.rows).astype(int)
-        counts[0] += spec.rows - counts.sum()
+        counts = split_counts(spec.rows, spec.split)
         for split_idx, (split, n_rows) in enumerate(zip(SPLITS, counts)):
             (tmp / split).mkdir(parents=True)
             scores, labels_all = [], []
@@ -177,9 +179,11 @@ def generate(spec: SynthSpec, out: str | os.PathLike, overwrite: bool = False,
                 if progress:
                     progress(split, start + n, n_rows)
             schema.splits[split] = int(n_rows)
-            if scores:
-                schema.teacher_auc[split] = exact_auc(np.concatenate(scores), np.concatenate(labels_all))
-        schema.source = {"generator": "shardrec synth", **asdict(spec), "teacher_bias": teacher.bias}
+            labels_cat = np.concatenate(labels_all) if labels_all else np.zeros(0)
+            if 0 < labels_cat.sum() < len(labels_cat):  # AUC is undefined with one class
+                schema.teacher_auc[split] = exact_auc(np.concatenate(scores), labels_cat)
+        schema.source = {"generator": "shardrec synth", **asdict(spec), "split": list(spec.split),
+                         "teacher_bias": teacher.bias}
         write_schema(tmp, schema)
         if out.exists():
             shutil.rmtree(out)
@@ -187,6 +191,17 @@ def generate(spec: SynthSpec, out: str | os.PathLike, overwrite: bool = False,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return schema
+
+
+def split_counts(rows: int, fractions: tuple[float, ...]) -> list[int]:
+    """Rows per split: each split with a positive fraction gets at least one row, the rounding
+    remainder goes to the first (train)."""
+    shares = np.array(fractions, dtype=np.float64) / sum(fractions)
+    counts = [max(1, int(rows * f)) if f > 0 else 0 for f in shares[1:]]
+    first = rows - sum(counts)
+    if first < 1:
+        raise UserError(f"--rows {rows} is too few to give every split a row")
+    return [first, *counts]
 
 
 def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -16,9 +16,7 @@ warnings.filterwarnings("ignore")
 def tiny_data(tmp_path_factory) -> str:
     """30k rows of the `tiny` preset (24k train / 3k valid / 3k test), several files."""
     out = tmp_path_factory.mktemp("data") / "tiny"
-    spec = spec_from_preset("tiny", 30_000, seed=3)
-    spec.rows_per_file, spec.row_group_rows = 10_000, 2_500
-    generate(spec, out)
+    generate(spec_from_preset("tiny", 30_000, seed=3), out)
     return str(out)
 
 

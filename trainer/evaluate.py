@@ -7,14 +7,12 @@ with the row count.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAUROC
-from torchrec.datasets.utils import Batch
+
+from data_pipeline.reader import ShardReader
 
 
 class ClickMetrics:
@@ -42,17 +40,28 @@ class ClickMetrics:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
+def evaluate(model: torch.nn.Module, reader: ShardReader, device: torch.device,
              max_batches: int = 0) -> dict[str, float]:
-    """Score `model` (a ClickTask, sharded or not) on `batches`; returns auc, logloss, rows."""
+    """Score `model` (a ClickTask, sharded or not) on this rank's part of a split.
+
+    A sharded forward is a collective (all-to-all of embeddings), so every rank runs the
+    same number of forwards: a rank whose part is shorter repeats its last batch and
+    ignores the result. Returns auc, logloss, rows and label_rate over all ranks.
+    """
     was_training = model.training
     model.eval()
     metrics = ClickMetrics(device)
-    it = iter(batches)
+    steps = reader.max_batches_any_rank
     if max_batches > 0:
-        it = itertools.islice(it, max_batches)
-    for batch in it:
+        steps = min(steps, max_batches)
+    batches = iter(reader)
+    batch = None
+    for _ in range(steps):
+        real = next(batches, None)
+        batch = real if real is not None else batch
         _, (_, logits, labels) = model(batch.to(device))
-        metrics.update(logits, labels)
+        if real is not None:
+            metrics.update(logits, labels)
+    batches.close()
     model.train(was_training)
     return metrics.compute()

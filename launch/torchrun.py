@@ -1,0 +1,43 @@
+"""torchrun entry: `torchrun --nproc_per_node=N -m launch.torchrun --config FILE [--key=value ...]`.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; trainer.distributed joins that
+group (NCCL on CUDA, gloo on CPU) and `run(cfg)` does the rest. Only rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from configs.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from launch.cli import _quiet, print_summary
+
+    p = argparse.ArgumentParser(prog="python -m launch.torchrun")
+    p.add_argument("--config", required=True, help="YAML file or preset name")
+    p.add_argument("--run-dir", default=None)
+    args, extra = p.parse_known_args(argv)
+    _quiet()
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        from configs.loader import load_config
+        from trainer.loop import run
+
+        cfg = load_config(args.config, extra + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
+        if not cfg.run_dir:
+            # Every rank must write to the same folder; a timestamp could differ between ranks.
+            raise UserError("under torchrun, give --run-dir (all ranks must agree on it)")
+        summary = run(cfg)
+    except UserError as e:
+        print(f"shardrec: error (rank {rank}): {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
