@@ -61,6 +61,17 @@ class OptimizerConfig:
     lr: float = 0.01
     # L2 weight decay of the dense optimizer.
     weight_decay: float = 0.0
+    # Learning-rate schedule of both the dense and the embedding optimizer, as in the MLPerf
+    # DLRM reference: linear warmup from 0 over `warmup_steps`, constant, then polynomial
+    # decay to 0 over `decay_steps` starting at `decay_start_step` (0 steps = no warmup /
+    # no decay).
+    warmup_steps: int = 0
+    # Step at which the polynomial decay starts.
+    decay_start_step: int = 0
+    # Length of the decay; the learning rate is 0 after decay_start_step + decay_steps.
+    decay_steps: int = 0
+    # Exponent of the polynomial decay (the reference uses 2).
+    decay_power: float = 2.0
 
 
 @dataclass

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -47,5 +48,9 @@ def init_distributed() -> DistEnv:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Destroy the group this process made. Call it after the model is gone: sharded tensors
+    hold the group, and a gloo group freed only at interpreter exit aborts the process when
+    its worker threads are cancelled."""
     if env.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

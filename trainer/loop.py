@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
+from configs.errors import UserError
 from configs.tree import Config
 from data_pipeline.reader import ShardReader
 from data_pipeline.schema import DatasetSchema, load_schema
@@ -21,7 +23,7 @@ from embeddings.sharding import describe_plan, shard_model
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.distributed import DistEnv, init_distributed, shutdown
 from trainer.evaluate import evaluate
-from trainer.optim import make_optimizer
+from trainer.optim import make_optimizer, make_scheduler
 from trainer.progress import Progress
 from trainer.registry import build_model
 from trainer.run_dir import RunDir, default_run_dir
@@ -71,6 +73,7 @@ def _run(cfg: Config, env: DistEnv) -> dict:
                         shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed)
     evaluation = eval_reader(cfg, schema, env)  # opened now so a missing split fails early
     model, optimizer = build_sharded_task(schema, cfg, env)
+    scheduler = make_scheduler(optimizer, cfg.optimizer)
 
     total = len(train) * cfg.train.epochs
     if cfg.train.max_steps:
@@ -93,7 +96,8 @@ def _run(cfg: Config, env: DistEnv) -> dict:
             except StopIteration:
                 break
             step, in_epoch = step + 1, in_epoch + 1
-            record = progress.step(step, epoch, float(loss))
+            scheduler.step()
+            record = progress.step(step, epoch, float(loss), lrs=[g["lr"] for g in optimizer.param_groups])
             if record:
                 run_dir.log(record)
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total:
@@ -128,21 +132,21 @@ def _run(cfg: Config, env: DistEnv) -> dict:
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | None = None, split: str | None = None) -> dict:
     """Load a checkpoint of `cfg.run_dir` (the latest by default) and score it on a split."""
-    from pathlib import Path
-
-    from configs.errors import UserError
-
     env = init_distributed()
     try:
-        torch.set_num_threads(_threads(cfg))
-        schema = load_schema(cfg.dataset.path)
-        run_dir = RunDir(cfg.run_dir, is_main=False)
-        path = Path(checkpoint) if checkpoint else (list_checkpoints(run_dir.checkpoints) or [None])[-1]
-        if path is None:
-            raise UserError(f"run folder '{cfg.run_dir}' has no checkpoints")
-        model, optimizer = build_sharded_task(schema, cfg, env)
-        state = load_checkpoint(path, model, optimizer)
-        metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
-        return {"checkpoint": str(path), "step": state["step"], "split": split or cfg.eval.split, **metrics}
+        return _evaluate_checkpoint(cfg, env, checkpoint, split)
     finally:
         shutdown(env)
+
+
+def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, split: str | None) -> dict:
+    torch.set_num_threads(_threads(cfg))
+    schema = load_schema(cfg.dataset.path)
+    root = RunDir(cfg.run_dir, is_main=False).checkpoints
+    path = Path(checkpoint) if checkpoint else (list_checkpoints(root) or [None])[-1]
+    if path is None:
+        raise UserError(f"run folder '{cfg.run_dir}' has no checkpoints")
+    model, optimizer = build_sharded_task(schema, cfg, env)
+    state = load_checkpoint(path, model, optimizer)
+    metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
+    return {"checkpoint": str(path), "step": state["step"], "split": split or cfg.eval.split, **metrics}

@@ -1,17 +1,21 @@
-"""The dense optimizer, combined with the fused embedding optimizer TorchRec built.
+"""The dense optimizer, combined with the fused embedding optimizer TorchRec built, and the
+learning-rate schedule that drives both.
 
 The fused (FBGEMM) optimizer already updates the sharded tables inside the backward pass;
-`step()` of the combined optimizer steps the dense one and is a no-op for the fused part,
-while `state_dict()` holds both, so checkpoints capture the whole optimizer state.
+`step()` of the combined optimizer steps the dense one and hands the current learning rate
+to the FBGEMM kernels, while `state_dict()` holds both, so checkpoints capture the whole
+optimizer state.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from configs.errors import UserError
 from configs.tree import OptimizerConfig
 
 DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
@@ -24,3 +28,31 @@ def make_optimizer(model: DistributedModelParallel, cfg: OptimizerConfig) -> Com
         dense_params, lambda params: cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     )
     return CombinedOptimizer([model.fused_optimizer, dense])
+
+
+def lr_multiplier(step: int, cfg: OptimizerConfig) -> float:
+    """Factor on every group's base learning rate before optimizer step `step + 1`.
+
+    MLPerf DLRM reference policy: (step + 1) / warmup while warming up, 1 until
+    decay_start_step, then ((decay_end - step) / decay_steps) ** power, and 0 after the end.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.decay_steps and step >= cfg.decay_start_step:
+        left = cfg.decay_start_step + cfg.decay_steps - step
+        return (max(left, 0) / cfg.decay_steps) ** cfg.decay_power
+    return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig) -> LambdaLR:
+    """A LambdaLR over all param groups (dense and fused), each keeping its own base lr."""
+    if cfg.decay_steps and cfg.decay_start_step < cfg.warmup_steps:
+        raise UserError(
+            f"config key 'optimizer.decay_start_step' ({cfg.decay_start_step}) must not come before "
+            f"the end of the warmup (optimizer.warmup_steps = {cfg.warmup_steps})"
+        )
+    scheduler = LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg))
+    # FBGEMM kernels take their learning rate from the param group only at step(); with no
+    # gradients yet this step changes no weight and hands the first scheduled lr over.
+    optimizer.step()
+    return scheduler

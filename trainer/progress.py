@@ -21,7 +21,7 @@ class Progress:
         self.bar = (tqdm(total=total_steps * global_batch, unit="sample", unit_scale=True,
                          dynamic_ncols=True, desc="train") if enabled and bar else None)
 
-    def step(self, step: int, epoch: int, loss: float) -> dict | None:
+    def step(self, step: int, epoch: int, loss: float, lrs: list[float] = ()) -> dict | None:
         if not self.enabled:
             return None
         self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
@@ -37,6 +37,9 @@ class Progress:
             "samples_per_s": (step - self.last_step) * self.global_batch / max(now - self.last_t, 1e-9),
             "elapsed_s": round(now - self.start, 3),
         }
+        if lrs:
+            # Param groups: the fused embedding ones first, the dense one last.
+            record["lr_embeddings"], record["lr_dense"] = lrs[0], lrs[-1]
         self.last_t, self.last_step, self.loss_sum, self.loss_n = now, step, 0.0, 0
         if self.bar is None:
             eta = (now - self.start) / step * (self.total - step)
