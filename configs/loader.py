@@ -123,6 +123,11 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in choices:
             raise UserError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
         return value
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping of name to {value_tp.__name__}, got {value!r}")
+        return {str(k): coerce(value_tp, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):  # allow --key=a,b from the command line

@@ -38,6 +38,23 @@ class ModelConfig:
 
 
 @dataclass
+class TableConstraints:
+    """What the sharding planner may do with one table (empty lists = no restriction)."""
+
+    # Sharding types allowed for this table: table_wise, row_wise, column_wise,
+    # table_row_wise, table_column_wise, data_parallel.
+    sharding_types: list[str] = field(default_factory=list)
+    # Compute kernels allowed: fused (FBGEMM, optimizer in backward), dense, and on GPU
+    # fused_uvm (table in host memory) or fused_uvm_caching (host memory + a GPU cache).
+    compute_kernels: list[str] = field(default_factory=list)
+    # With fused_uvm_caching: the fraction of the table's rows the GPU cache holds (0 = planner's choice).
+    cache_load_factor: float = 0.0
+    # Width of the column shards of column_wise / table_column_wise sharding (0 = TorchRec's
+    # default of 128 columns; a multiple of 4, as FBGEMM's kernels require).
+    min_partition: int = 0
+
+
+@dataclass
 class EmbeddingsConfig:
     """Embedding tables: placement and their fused (in-backward) optimizer."""
 
@@ -47,8 +64,13 @@ class EmbeddingsConfig:
     lr: float = 0.05
     # Epsilon of the Adagrad-type embedding optimizers.
     eps: float = 1e-8
-    # Sharding types the planner may choose from (empty = any the sharder offers).
+    # Sharding types the planner may choose from for every table (empty = any the sharder offers).
     sharding_types: list[str] = field(default_factory=list)
+    # Compute kernels the planner may choose from for every table (empty = any).
+    compute_kernels: list[str] = field(default_factory=list)
+    # Per-table constraints by table name (`t_<feature>`), overriding the two lists above,
+    # e.g. --embeddings.tables.t_C3.sharding_types=row_wise
+    tables: dict[str, TableConstraints] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,15 +15,16 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
-from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from configs.errors import UserError
-from configs.tree import EmbeddingsConfig
+from configs.tree import EmbeddingsConfig, TableConstraints
 
 FUSED_OPTIMIZERS = {
     "sgd": EmbOptimType.EXACT_SGD,
@@ -33,6 +34,10 @@ FUSED_OPTIMIZERS = {
 SHARDING_TYPES = [t.value for t in (
     ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE,
     ShardingType.TABLE_ROW_WISE, ShardingType.TABLE_COLUMN_WISE, ShardingType.DATA_PARALLEL,
+)]
+COMPUTE_KERNELS = [k.value for k in (
+    EmbeddingComputeKernel.FUSED, EmbeddingComputeKernel.DENSE, EmbeddingComputeKernel.FUSED_UVM,
+    EmbeddingComputeKernel.FUSED_UVM_CACHING,
 )]
 
 
@@ -68,12 +73,34 @@ def table_names(model: nn.Module) -> list[str]:
 
 
 def constraints(model: nn.Module, cfg: EmbeddingsConfig) -> dict[str, ParameterConstraints]:
-    bad = [t for t in cfg.sharding_types if t not in SHARDING_TYPES]
+    """ParameterConstraints per table: the global lists, overridden per table by cfg.tables."""
+    names = table_names(model)
+    unknown = sorted(set(cfg.tables) - set(names))
+    if unknown:
+        raise UserError(f"config key 'embeddings.tables': no table named {unknown}; the model's tables: {names}")
+    out = {}
+    for name in names:
+        table = cfg.tables.get(name, TableConstraints())
+        types = table.sharding_types or cfg.sharding_types
+        kernels = table.compute_kernels or cfg.compute_kernels
+        where = f"embeddings.tables.{name}" if name in cfg.tables else "embeddings"
+        _check(types, SHARDING_TYPES, f"{where}.sharding_types")
+        _check(kernels, COMPUTE_KERNELS, f"{where}.compute_kernels")
+        if table.min_partition % 4:
+            raise UserError(f"config key '{where}.min_partition' must be a multiple of 4, got {table.min_partition}")
+        if types or kernels or table.cache_load_factor or table.min_partition:
+            out[name] = ParameterConstraints(
+                sharding_types=list(types) or None, compute_kernels=list(kernels) or None,
+                cache_params=CacheParams(load_factor=table.cache_load_factor) if table.cache_load_factor else None,
+                min_partition=table.min_partition or None,
+            )
+    return out
+
+
+def _check(values: list[str], allowed: list[str], key: str) -> None:
+    bad = [v for v in values if v not in allowed]
     if bad:
-        raise UserError(f"config key 'embeddings.sharding_types': unknown {bad}; allowed: {SHARDING_TYPES}")
-    if not cfg.sharding_types:
-        return {}
-    return {name: ParameterConstraints(sharding_types=list(cfg.sharding_types)) for name in table_names(model)}
+        raise UserError(f"config key '{key}': unknown {bad}; allowed: {allowed}")
 
 
 def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,

@@ -1,0 +1,95 @@
+"""Worker for the sharded-vs-single-process equivalence tests (run by torch.multiprocessing).
+
+Every world trains the same model from the same initial weights (one DCP checkpoint, loaded
+into whatever shards the plan made) on the same global batches (rank r gets rows
+[r*b, (r+1)*b) of each global batch of W*b rows), with plain SGD at one learning rate on both the fused tables
+and the dense part (data_parallel tables are trained by the dense optimizer), so the
+1-process and W-process runs follow the same math: TorchRec divides embedding gradients by
+W in the all-to-all backward and DDP averages dense ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+from configs.loader import load_config
+from configs.tree import TableConstraints
+from data_pipeline.convert_arrow import arrow_to_batch
+from data_pipeline.reader import ShardReader
+from data_pipeline.schema import load_schema, split_files
+from embeddings.tables import table_name
+from trainer.distributed import init_distributed
+from trainer.evaluate import evaluate
+from trainer.loop import build_sharded_task
+
+STEPS = 20
+GLOBAL_BATCH = 512
+
+
+def config(data_dir: str, schema, case: dict):
+    """The tiny preset with SGD everywhere; case = {"all": type} or {"tables": {table: type}}.
+
+    Column shards are 4 wide, so column-wise plans really split the debug model's 8-wide tables.
+    """
+    cfg = load_config("tiny", [f"--dataset.path={data_dir}", "--embeddings.optimizer=sgd",
+                               "--embeddings.lr=0.5", "--optimizer.name=sgd", "--optimizer.lr=0.5",
+                               "--eval.batch_size=512"])
+    names = [table_name(f.name) for f in schema.sparse]
+    chosen = case.get("tables") or {t: case["all"] for t in names}
+    cfg.embeddings.tables = {t: TableConstraints(sharding_types=[chosen[t]], min_partition=4) for t in names}
+    return cfg
+
+
+def local_batches(data_dir: str, rank: int, world_size: int):
+    """This rank's slice of each of the first STEPS global batches of the train split."""
+    schema = load_schema(data_dir)
+    table = pa.concat_tables(pq.read_table(f, columns=schema.arrow_schema().names)
+                             for f in split_files(data_dir, "train"))
+    b = GLOBAL_BATCH // world_size
+    return [arrow_to_batch(table.slice(i * GLOBAL_BATCH + rank * b, b), schema) for i in range(STEPS)]
+
+
+def worker(rank: int, world_size: int, init_file: str, data_dir: str, init_ckpt: str,
+           cases: dict[str, dict], out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    env = init_distributed()  # joins the group made above
+    schema = load_schema(data_dir)
+    batches = local_batches(data_dir, rank, world_size)
+    results = {}
+    for name, case in cases.items():
+        cfg = config(data_dir, schema, case)
+        model, optimizer = build_sharded_task(schema, cfg, env)
+        state = {"model": model.state_dict()}
+        if not Path(init_ckpt).exists():  # the first (reference) world writes the initial weights
+            dcp.save(state, checkpoint_id=init_ckpt)
+        dcp.load(state, checkpoint_id=init_ckpt)
+        model.load_state_dict(state["model"])
+
+        pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
+        it, losses = iter(batches), []
+        for _ in range(STEPS):
+            loss, _, _ = pipeline.progress(it)
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)  # equal local batches: the mean of local means is the global mean
+            losses.append(float(loss) / world_size)
+        pipeline.detach()
+        reader = ShardReader(data_dir, "test", schema, cfg.eval.batch_size, rank=rank,
+                             world_size=world_size, drop_last=False, prefetch_batches=0)
+        metrics = evaluate(model, reader, env.device)
+        plan = {t: p.sharding_type for m in model.plan.plan.values() for t, p in m.items()}
+        results[name] = {"losses": losses, "auc": metrics["auc"], "logloss": metrics["logloss"],
+                         "rows": metrics["rows"], "plan": plan}
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.destroy_process_group()
