@@ -19,7 +19,12 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
-from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.planner.types import (
+    HardwareConfig,
+    KernelConfig,
+    TopologyFactory,
+    TrainerConfig,
+)
 from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -103,19 +108,29 @@ def _check(values: list[str], allowed: list[str], key: str) -> None:
         raise UserError(f"config key '{key}': unknown {bad}; allowed: {allowed}")
 
 
-def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,
-                  batch_size: int, pg: dist.ProcessGroup | None = None) -> ShardingPlan:
-    """The planner's plan for this topology; collective (same on all ranks) when pg is given.
-
-    batch_size is per rank: the planner's cost model uses it to weigh communication.
-    """
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+def make_planner(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device_type: str,
+                 batch_size: int, memory_bytes: int | None = None) -> EmbeddingShardingPlanner:
+    """TorchRec's planner for `world_size` ranks of `device_type` (memory per rank: detected
+    defaults, or `memory_bytes` of HBM on cuda / of host memory on cpu)."""
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", min(world_size, 8)))
+    hardware = None
+    if memory_bytes:
+        key = "hbm_cap_bytes" if device_type == "cuda" else "ddr_cap_bytes"
+        hardware = HardwareConfig(**{key: memory_bytes})
     topology = TopologyFactory.create_topology(
         TrainerConfig(world_size=world_size, local_world_size=local_world_size),
-        kernel_config=KernelConfig(compute_device=device.type),
+        hardware_config=hardware,
+        kernel_config=KernelConfig(compute_device=device_type),
     )
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
-                                       constraints=constraints(model, cfg))
+    # batch_size is per rank: the planner's cost model uses it to weigh communication.
+    return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
+                                    constraints=constraints(model, cfg))
+
+
+def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,
+                  batch_size: int, pg: dist.ProcessGroup | None = None) -> ShardingPlan:
+    """The planner's plan for this topology; collective (same on all ranks) when pg is given."""
+    planner = make_planner(model, cfg, world_size, device.type, batch_size)
     sharders = make_sharders(cfg)
     if pg is not None:
         return planner.collective_plan(model, sharders, pg)
