@@ -64,6 +64,9 @@ class EmbeddingsConfig:
     lr: float = 0.05
     # Epsilon of the Adagrad-type embedding optimizers.
     eps: float = 1e-8
+    # Storage type of the table weights: fp16 halves their memory (FBGEMM updates them with
+    # stochastic rounding); the optimizer state stays fp32.
+    weights_dtype: Literal["fp32", "fp16"] = "fp32"
     # Sharding types the planner may choose from for every table (empty = any the sharder offers).
     sharding_types: list[str] = field(default_factory=list)
     # Compute kernels the planner may choose from for every table (empty = any).
@@ -102,6 +105,9 @@ class TrainConfig:
 
     # Rows per step on each rank.
     batch_size: int = 2048
+    # Rows per step over all ranks; when set (> 0) it wins over batch_size, which becomes
+    # global_batch_size / world size (it must divide evenly).
+    global_batch_size: int = 0
     # Passes over the training split.
     epochs: int = 1
     # Stop after this many steps (0 = run all epochs).
@@ -113,6 +119,10 @@ class TrainConfig:
     # `sparse_dist`: TorchRec's TrainPipelineSparseDist (overlaps input distribution with
     # compute); `base`: the plain one-batch-at-a-time pipeline.
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
+    # Compute precision of the dense layers: bf16 runs them under autocast (GPU, or a CPU
+    # with bf16 support); the loss and the optimizer state stay fp32. fp16 is not offered:
+    # it needs loss scaling, which TorchRec's train pipelines do not apply.
+    precision: Literal["fp32", "bf16"] = "fp32"
     # Intra-op CPU threads for torch (0 = all cores).
     num_threads: int = 0
     # Show a progress bar when stderr is a terminal.

@@ -26,6 +26,7 @@ from torchrec.distributed.planner.types import (
     TrainerConfig,
 )
 from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import DataType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from configs.errors import UserError
@@ -137,10 +138,21 @@ def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, devi
     return planner.plan(model, sharders)
 
 
+def set_weights_dtype(model: nn.Module, dtype: str) -> None:
+    """Store every table in `dtype` (fp32 / fp16): TorchRec reads the storage type from each
+    table config's data_type, so it is set there, before planning, and not in the model."""
+    data_type = {"fp32": DataType.FP32, "fp16": DataType.FP16}[dtype]
+    for m in model.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            for c in m.embedding_bag_configs():
+                c.data_type = data_type
+
+
 def shard_model(model: nn.Module, cfg: EmbeddingsConfig, device: torch.device,
                 batch_size: int) -> DistributedModelParallel:
     """Plan, then wrap `model` (built on meta) in DMP on `device`; parameters get initialised
     (from the current torch seed) on the device."""
+    set_weights_dtype(model, cfg.weights_dtype)
     pg = dist.GroupMember.WORLD
     plan = plan_sharding(model, cfg, dist.get_world_size(), device, batch_size, pg)
     return DistributedModelParallel(module=model, device=device, plan=plan, sharders=make_sharders(cfg))

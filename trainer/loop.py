@@ -42,7 +42,8 @@ def run(cfg: Config) -> dict:
 def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv):
     """ClickTask(model) built on meta, sharded by embeddings/, with its combined optimizer."""
     torch.manual_seed(cfg.train.seed)
-    task = ClickTask(build_model(schema, cfg.model, torch.device("meta")))
+    task = ClickTask(build_model(schema, cfg.model, torch.device("meta")), precision=cfg.train.precision,
+                     device_type=env.device.type)
     dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size)
     return dmp, make_optimizer(dmp, cfg.optimizer)
 
@@ -60,8 +61,18 @@ def _threads(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def resolve_batch_size(cfg: Config, world_size: int) -> None:
+    """Set train.batch_size (per rank) from train.global_batch_size when that is given."""
+    if cfg.train.global_batch_size:
+        if cfg.train.global_batch_size % world_size:
+            raise UserError(f"config key 'train.global_batch_size' ({cfg.train.global_batch_size}) "
+                            f"must be a multiple of the world size ({world_size})")
+        cfg.train.batch_size = cfg.train.global_batch_size // world_size
+
+
 def _run(cfg: Config, env: DistEnv) -> dict:
     torch.set_num_threads(_threads(cfg))
+    resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg)
     run_dir = RunDir(cfg.run_dir, env.is_main)
@@ -120,13 +131,16 @@ def _run(cfg: Config, env: DistEnv) -> dict:
         "model": cfg.model.name, "flavor": cfg.model.flavor, "world_size": env.world_size,
         "steps": step, "samples": step * global_batch, "wall_s": round(wall, 3),
         "samples_per_s": round(step * global_batch / wall, 1) if wall > 0 else 0.0,
-        "auc": metrics["auc"], "logloss": metrics["logloss"], "eval_split": cfg.eval.split,
+        "auc": metrics["auc"], "logloss": metrics["logloss"], "ne": metrics["ne"],
+        "calibration": metrics["calibration"], "accuracy": metrics["accuracy"], "mse": metrics["mse"],
+        "label_rate": metrics["label_rate"], "eval_split": cfg.eval.split,
         "eval_rows": metrics["rows"], "run_dir": str(run_dir.path),
         "plan": describe_plan(model),
     }
     if cfg.eval.split in schema.teacher_auc:
         summary["teacher_auc"] = schema.teacher_auc[cfg.eval.split]
     run_dir.write_summary(summary)
+    run_dir.close()  # flushes and closes the TensorBoard writer
     return summary
 
 

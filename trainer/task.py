@@ -17,12 +17,19 @@ class ClickTask(nn.Module):
     forward(batch) -> (loss (), (loss.detach() (), logits (B,), labels (B,)))
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, precision: str = "fp32", device_type: str = "cpu"):
         super().__init__()
         self.model = model
         self.loss_fn = nn.BCEWithLogitsLoss()
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+        # Fixed here, not read from the batch: TorchRec's pipeline traces this forward with fx.
+        self.device_type = device_type
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense_features, batch.sparse_features).squeeze(-1)
+        with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.model(batch.dense_features, batch.sparse_features).squeeze(-1)
+        # The loss (and so every gradient's start) is computed in fp32.
+        logits = logits.float()
         loss = self.loss_fn(logits, batch.labels)
         return loss, (loss.detach(), logits.detach(), batch.labels)

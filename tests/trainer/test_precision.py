@@ -1,0 +1,45 @@
+"""Batch-size semantics and reduced precision (bf16 dense compute, fp16 table storage)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from configs.errors import UserError
+from configs.loader import load_config
+from data_pipeline.schema import load_schema
+from trainer.distributed import init_distributed, shutdown
+from trainer.loop import build_sharded_task, resolve_batch_size, run
+
+
+def test_global_batch_size_sets_the_per_rank_one():
+    cfg = load_config("tiny", ["--train.global_batch_size=1024"])
+    resolve_batch_size(cfg, 4)
+    assert cfg.train.batch_size == 256
+    cfg = load_config("tiny", ["--train.global_batch_size=1000"])
+    with pytest.raises(UserError, match="'train.global_batch_size' \\(1000\\) must be a multiple of the world size \\(3\\)"):
+        resolve_batch_size(cfg, 3)
+    cfg = load_config("tiny")
+    resolve_batch_size(cfg, 4)
+    assert cfg.train.batch_size == 256  # unchanged: batch_size is per rank
+
+
+def test_fp16_tables_are_stored_in_fp16(tiny_data):
+    cfg = load_config("tiny", [f"--dataset.path={tiny_data}", "--embeddings.weights_dtype=fp16"])
+    env = init_distributed()
+    try:
+        model, _ = build_sharded_task(load_schema(tiny_data), cfg, env)
+        dtypes = {k: v.dtype for k, v in model.state_dict().items() if "embedding_bags" in k}
+        del model
+    finally:
+        shutdown(env)
+    assert len(dtypes) == 26 and set(dtypes.values()) == {torch.float16}
+
+
+@pytest.mark.slow
+def test_bf16_compute_with_fp16_tables_still_learns(tiny_cfg):
+    tiny_cfg.train.precision = "bf16"
+    tiny_cfg.embeddings.weights_dtype = "fp16"
+    tiny_cfg.checkpoint.save_final = False
+    summary = run(tiny_cfg)
+    assert summary["auc"] - 0.5 >= 0.6 * (summary["teacher_auc"] - 0.5), summary
