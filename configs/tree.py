@@ -21,6 +21,9 @@ class DatasetConfig:
     path: str = "data/demo"
     # Split used for training.
     train_split: str = "train"
+    # Who reads the training split: `parquet`, each rank's own row groups (any launcher);
+    # `ray_data`, Ray Data's reader with one shard per worker (only under `shardrec ray`).
+    source: Literal["parquet", "ray_data"] = "parquet"
     # Decoded batches kept ready by the background reader thread (0 = read inline).
     prefetch_batches: int = 4
     # Rows mixed in a shuffle buffer before batching (0 = read in file order).

@@ -27,9 +27,6 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.loop import run
 
         cfg = load_config(args.config, extra + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
-        if not cfg.run_dir:
-            # Every rank must write to the same folder; a timestamp could differ between ranks.
-            raise UserError("under torchrun, give --run-dir (all ranks must agree on it)")
         summary = run(cfg)
     except UserError as e:
         print(f"shardrec: error (rank {rank}): {e}", file=sys.stderr)

@@ -48,6 +48,25 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv):
     return dmp, make_optimizer(dmp, cfg.optimizer)
 
 
+def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
+    """This rank's training batches: its own row groups, or its Ray Data shard under Ray Train."""
+    if cfg.dataset.source == "ray_data":
+        import ray.train
+
+        from data_pipeline.ray_source import RayDataReader
+
+        shard = ray.train.get_dataset_shard(cfg.dataset.train_split)
+        if shard is None:
+            raise UserError("dataset.source 'ray_data' works only under `shardrec ray`, which hands each "
+                            "worker its Ray Data shard")
+        return RayDataReader(shard, schema, cfg.dataset.train_split, cfg.train.batch_size,
+                             env.world_size, cfg.dataset.prefetch_batches)
+    return ShardReader(cfg.dataset.path, cfg.dataset.train_split, schema, cfg.train.batch_size,
+                       rank=env.rank, world_size=env.world_size, drop_last=True,
+                       prefetch_batches=cfg.dataset.prefetch_batches,
+                       shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed)
+
+
 def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:
     return ShardReader(cfg.dataset.path, split or cfg.eval.split, schema, cfg.eval.batch_size,
                        rank=env.rank, world_size=env.world_size, drop_last=False,
@@ -74,14 +93,16 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     torch.set_num_threads(_threads(cfg))
     resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
-    cfg.run_dir = cfg.run_dir or default_run_dir(cfg)
+    if not cfg.run_dir:
+        # Rank 0 names the folder (a timestamp could differ between ranks) and tells the rest.
+        name = [default_run_dir(cfg)]
+        if env.world_size > 1:
+            torch.distributed.broadcast_object_list(name, src=0)
+        cfg.run_dir = name[0]
     run_dir = RunDir(cfg.run_dir, env.is_main)
     run_dir.write_config(cfg)
 
-    train = ShardReader(cfg.dataset.path, cfg.dataset.train_split, schema, cfg.train.batch_size,
-                        rank=env.rank, world_size=env.world_size, drop_last=True,
-                        prefetch_batches=cfg.dataset.prefetch_batches,
-                        shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed)
+    train = train_reader(cfg, schema, env)
     evaluation = eval_reader(cfg, schema, env)  # opened now so a missing split fails early
     model, optimizer = build_sharded_task(schema, cfg, env)
     scheduler = make_scheduler(optimizer, cfg.optimizer)

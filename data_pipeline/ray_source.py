@@ -1,0 +1,58 @@
+"""Training batches from a Ray Data shard (the `dataset.source: ray_data` path under Ray Train).
+
+Ray Train splits `ray.data.read_parquet(DIR/train)` into one equal-row shard per worker
+(DataConfig's default streaming split), so Ray's own executors decode Parquet and the worker
+only converts Arrow batches with the same `arrow_to_batch` as the shard reader: a batch
+looks the same whichever path read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torchrec.datasets.utils import Batch
+
+from configs.errors import UserError
+from data_pipeline.convert_arrow import arrow_to_batch
+from data_pipeline.schema import DatasetSchema
+
+
+class RayDataReader:
+    """Iterable of Batch over this worker's Ray Data shard, `num_batches` full batches per epoch.
+
+    Every worker yields the same count (rows // world_size // batch_size), so collectives in
+    the step never wait on a worker whose shard ran out. The position is kept as a batch
+    count; resuming re-reads the epoch and skips that many batches.
+    """
+
+    def __init__(self, shard, schema: DatasetSchema, split: str, batch_size: int, world_size: int,
+                 prefetch_batches: int = 4):
+        rows = schema.splits.get(split, 0)
+        self.shard, self.schema, self.batch_size = shard, schema, batch_size
+        self.prefetch_batches = prefetch_batches
+        self.num_batches = self.max_batches_any_rank = rows // world_size // batch_size
+        if self.num_batches == 0:
+            raise UserError(f"split '{split}' has {rows} rows: fewer than one batch of {batch_size} "
+                            f"per worker for {world_size} workers")
+        self.epoch, self._start_batch = 0, 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._start_batch = epoch, 0
+
+    def state_dict(self, batches_done: int) -> dict:
+        return {"epoch": self.epoch, "batches": batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._start_batch = int(state["epoch"]), int(state["batches"])
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self.shard.iter_batches(batch_size=self.batch_size, batch_format="pyarrow",
+                                          drop_last=True, prefetch_batches=self.prefetch_batches)
+        for i, table in enumerate(batches):
+            if i >= self.num_batches:
+                return
+            if i >= self._start_batch:
+                yield arrow_to_batch(table, self.schema)
