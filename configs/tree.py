@@ -154,6 +154,9 @@ class CheckpointConfig:
     every_steps: int = 0
     # Keep at most this many checkpoints (oldest are deleted first).
     keep: int = 2
+    # Continue a run: "latest" (the newest checkpoint of run_dir) or a checkpoint folder;
+    # "" starts afresh. Resuming needs the world size the checkpoint was written with.
+    resume: str = ""
 
 
 @dataclass

@@ -1,42 +1,17 @@
-"""Evaluation of a click model over a whole split: AUC and logloss over all ranks' rows.
+"""Evaluation of a click model over a whole split, with metrics over all ranks' rows.
 
-AUC is torchmetrics' exact BinaryAUROC, whose `compute()` gathers every rank's predictions
-(a mean of per-rank AUCs would be wrong); logloss is a sum of per-row losses all-reduced
-with the row count.
+The metrics (trainer/metrics.py) are streaming sums and a fixed-bin AUC histogram,
+all-reduced once at the end: AUC, logloss, NE, calibration, accuracy, MSE.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torchmetrics.classification import BinaryAUROC
 
 from data_pipeline.reader import ShardReader
+from trainer.metrics import ClickMetrics
 
-
-class ClickMetrics:
-    """Accumulates (logits (B,), labels (B,)) and computes global metrics."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.auroc = BinaryAUROC().to(device)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, rows, positives
-
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = logits.float(), labels.float()
-        self.auroc.update(torch.sigmoid(logits), labels.long())
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-        self.sums += torch.stack([loss.double(), torch.tensor(float(labels.numel()), device=self.device,
-                                                              dtype=torch.float64), labels.sum().double()])
-
-    def compute(self) -> dict[str, float]:
-        sums = self.sums.clone()
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(sums)
-        loss, rows, positives = sums.tolist()
-        return {"auc": float(self.auroc.compute()), "logloss": loss / max(rows, 1.0),
-                "rows": int(rows), "label_rate": positives / max(rows, 1.0)}
+__all__ = ["ClickMetrics", "evaluate"]
 
 
 @torch.no_grad()
@@ -46,7 +21,8 @@ def evaluate(model: torch.nn.Module, reader: ShardReader, device: torch.device,
 
     A sharded forward is a collective (all-to-all of embeddings), so every rank runs the
     same number of forwards: a rank whose part is shorter repeats its last batch and
-    ignores the result. Returns auc, logloss, rows and label_rate over all ranks.
+    ignores the result. Returns auc, logloss, rows, label_rate, ne, calibration,
+    accuracy, mse, rmse and auc_error_bound over all ranks (see trainer.metrics).
     """
     was_training = model.training
     model.eval()

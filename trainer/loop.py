@@ -23,7 +23,7 @@ from embeddings.sharding import describe_plan, shard_model
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.distributed import DistEnv, init_distributed, shutdown
 from trainer.evaluate import evaluate
-from trainer.optim import make_optimizer, make_scheduler
+from trainer.optim import lr_multiplier, make_optimizer, make_scheduler
 from trainer.progress import Progress
 from trainer.registry import build_model
 from trainer.run_dir import RunDir, default_run_dir
@@ -46,6 +46,27 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv):
                      device_type=env.device.type)
     dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size)
     return dmp, make_optimizer(dmp, cfg.optimizer)
+
+
+def resume(cfg: Config, run_dir: RunDir, model, optimizer, scheduler) -> tuple[int, int, int]:
+    """Restore the checkpoint cfg.checkpoint.resume names; returns (step, epoch, batches done
+    in that epoch), (0, 0, 0) for a fresh run. The model, both optimizers, the learning-rate
+    schedule, the RNG and the reader position all continue where the checkpoint left off."""
+    choice = cfg.checkpoint.resume
+    if not choice:
+        return 0, 0, 0
+    path = (list_checkpoints(run_dir.checkpoints) or [None])[-1] if choice == "latest" else Path(choice)
+    if path is None:
+        raise UserError(f"checkpoint.resume is 'latest' but '{run_dir.checkpoints}' holds no checkpoint")
+    state = load_checkpoint(path, model, optimizer, for_resume=True)
+    torch.set_rng_state(state["rng"])
+    scheduler.last_epoch = state["step"]
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * lr_multiplier(state["step"], cfg.optimizer)
+    optimizer.step()  # hands the restored learning rate to the FBGEMM kernels; no gradients yet
+    reader = state["reader"]
+    run_dir.log({"event": "resume", "checkpoint": str(path), "step": state["step"], **reader})
+    return state["step"], int(reader["epoch"]), int(reader["batches"])
 
 
 def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
@@ -116,12 +137,17 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     pipeline_cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
     pipeline = pipeline_cls(model, optimizer, env.device)
 
-    step, in_epoch, start = 0, 0, time.perf_counter()
-    for epoch in range(cfg.train.epochs):
+    step, first_epoch, in_epoch = resume(cfg, run_dir, model, optimizer, scheduler)
+    start_step, start = step, time.perf_counter()
+    for epoch in range(first_epoch, cfg.train.epochs):
         if step >= total:
             break
         train.set_epoch(epoch)
-        batches, in_epoch = iter(train), 0
+        if epoch == first_epoch and in_epoch:
+            train.load_state_dict({"epoch": epoch, "batches": in_epoch})  # continue mid-epoch
+        else:
+            in_epoch = 0
+        batches = iter(train)
         while step < total:
             try:
                 loss, _, _ = pipeline.progress(batches)
@@ -151,7 +177,8 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     summary = {
         "model": cfg.model.name, "flavor": cfg.model.flavor, "world_size": env.world_size,
         "steps": step, "samples": step * global_batch, "wall_s": round(wall, 3),
-        "samples_per_s": round(step * global_batch / wall, 1) if wall > 0 else 0.0,
+        # Of this session only: a resumed run counts the steps it ran itself.
+        "samples_per_s": round((step - start_step) * global_batch / wall, 1) if wall > 0 else 0.0,
         "auc": metrics["auc"], "logloss": metrics["logloss"], "ne": metrics["ne"],
         "calibration": metrics["calibration"], "accuracy": metrics["accuracy"], "mse": metrics["mse"],
         "label_rate": metrics["label_rate"], "eval_split": cfg.eval.split,
