@@ -134,7 +134,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation after training."""
+    """Evaluation during and after training."""
 
     # Split scored at the end of training (and by `shardrec eval`).
     split: str = "test"
@@ -142,6 +142,11 @@ class EvalConfig:
     batch_size: int = 8192
     # Evaluate at most this many batches (0 = the whole split).
     max_batches: int = 0
+    # Also score `validation_split` every N training steps (0 = only at the end): the AUC
+    # curve in TensorBoard, metrics.jsonl and `shardrec report`.
+    every_steps: int = 0
+    # Split scored during training.
+    validation_split: str = "valid"
 
 
 @dataclass

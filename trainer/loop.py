@@ -101,6 +101,18 @@ def _threads(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def validate(pipeline, model, reader, env: DistEnv, cfg: Config, run_dir: RunDir, step: int) -> None:
+    """Score the validation split mid-training. The sparse-dist pipeline has rewritten the
+    sharded modules' forward for its own batches, so it lets go of the model for the
+    evaluation and takes it back after; its in-flight batches are kept."""
+    if isinstance(pipeline, TrainPipelineSparseDist):
+        pipeline.detach()
+    metrics = evaluate(model, reader, env.device, cfg.eval.max_batches)
+    run_dir.log({"event": "eval", "split": cfg.eval.validation_split, "step": step, **metrics})
+    if isinstance(pipeline, TrainPipelineSparseDist):
+        pipeline.attach(model)
+
+
 def resolve_batch_size(cfg: Config, world_size: int) -> None:
     """Set train.batch_size (per rank) from train.global_batch_size when that is given."""
     if cfg.train.global_batch_size:
@@ -125,6 +137,7 @@ def _run(cfg: Config, env: DistEnv) -> dict:
 
     train = train_reader(cfg, schema, env)
     evaluation = eval_reader(cfg, schema, env)  # opened now so a missing split fails early
+    validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if cfg.eval.every_steps else None
     model, optimizer = build_sharded_task(schema, cfg, env)
     scheduler = make_scheduler(optimizer, cfg.optimizer)
 
@@ -158,6 +171,8 @@ def _run(cfg: Config, env: DistEnv) -> dict:
             record = progress.step(step, epoch, float(loss), lrs=[g["lr"] for g in optimizer.param_groups])
             if record:
                 run_dir.log(record)
+            if validation is not None and step % cfg.eval.every_steps == 0 and step < total:
+                validate(pipeline, model, validation, env, cfg, run_dir, step)
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total:
                 save_checkpoint(run_dir.checkpoints, step, model, optimizer,
                                 train.state_dict(in_epoch), cfg.checkpoint.keep)

@@ -3,9 +3,10 @@
 Rank 0 writes it. Every file is written under a temporary name and renamed, so a reader
 (or a crash) never sees half a file; metrics.jsonl is appended one whole line at a time.
 `RunDir.log` is the one place records go: it appends the record to metrics.jsonl and
-writes its numbers as TensorBoard scalars tagged `<event>/<key>` (train/loss,
-train/samples_per_s, train/lr_embeddings, eval/auc, eval/ne, ...), at the record's step,
-so the two can never disagree.
+writes its numbers as TensorBoard scalars tagged `<event>/<key>`, or `<event>_<split>/<key>`
+for records of a split (train/loss, train/samples_per_s, train/lr_embeddings,
+eval_valid/auc during training, eval_test/auc, eval_test/ne, ... at the end), at the
+record's step, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ _NOT_SCALARS = {"event", "step", "epoch", "elapsed_s", "split"}
 
 
 def tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """The TensorBoard scalars of a metrics.jsonl record: {"<event>/<key>": value}."""
+    """The TensorBoard scalars of a metrics.jsonl record: {"<event>[_<split>]/<key>": value}."""
     prefix = record.get("event", "run")
+    if "split" in record:  # validation during training and the final test are separate curves
+        prefix = f"{prefix}_{record['split']}"
     out = {}
     for key, value in record.items():
         if key in _NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -14,8 +14,8 @@ from trainer.loop import run
 from trainer.run_dir import RunDir
 
 TRAIN_TAGS = {"train/loss", "train/samples_per_s", "train/lr_embeddings", "train/lr_dense"}
-EVAL_TAGS = {"eval/auc", "eval/logloss", "eval/ne", "eval/calibration", "eval/accuracy", "eval/mse",
-             "eval/label_rate"}
+EVAL_TAGS = {"eval_test/auc", "eval_test/logloss", "eval_test/ne", "eval_test/calibration", "eval_test/accuracy", "eval_test/mse",
+             "eval_test/label_rate"}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_event_files_hold_train_and_eval_scalars(tiny_run):
     # Same numbers as metrics.jsonl (TensorBoard stores float32).
     assert [v for _, v in got["train/loss"]] == pytest.approx([r["loss"] for r in train], rel=1e-6)
     assert got["train/lr_dense"][0][1] == pytest.approx(train[0]["lr_dense"], rel=1e-6)
-    assert got["eval/auc"] == [(12, pytest.approx(summary["auc"], rel=1e-6))]
-    assert got["eval/ne"][0][1] == pytest.approx(summary["ne"], rel=1e-6)
+    assert got["eval_test/auc"] == [(12, pytest.approx(summary["auc"], rel=1e-6))]
+    assert got["eval_test/ne"][0][1] == pytest.approx(summary["ne"], rel=1e-6)
 
 
 def test_summary_has_the_new_metrics(tiny_run):
@@ -64,4 +64,4 @@ def test_only_rank_zero_and_only_numbers_are_written(tmp_path):
     main = RunDir(tmp_path / "r0", is_main=True)
     main.log({"event": "eval", "step": 3, "split": "test", "auc": 0.7, "ne": float("nan"), "ok": True})
     main.close()
-    assert set(scalars(tmp_path / "r0")) == {"eval/auc"}
+    assert set(scalars(tmp_path / "r0")) == {"eval_test/auc"}
