@@ -4,10 +4,16 @@
     for batch in reader:        # one epoch; call reader.set_epoch(e) between epochs
         ...
 
-Work is split by row group: rank r reads row groups r, r + W, r + 2W, ... of the split
-(files in name order). With `drop_last` (training), every rank yields the same number of
-full batches, `min over ranks of rows_r // batch_size`, so collectives inside the step
-never wait on a rank that ran out. Memory holds a few row groups plus the prefetch queue.
+Work is split by row group: each rank gets a disjoint set, balanced by rows (greedy
+largest-first, deterministic), and reads it in split order (files in name order). With
+`drop_last` (training), every rank yields the same number of full batches,
+`min over ranks of rows_r // batch_size`, so collectives inside the step never wait on a
+rank that ran out. Memory holds a few row groups plus the prefetch queue.
+
+Speed: a row group (or a shuffle window) is turned into numpy columns once
+(convert_arrow.Block); batches are slices of it, so the per-batch work is a few views and
+one copy of the ids, whatever the number of columns. With `pin_memory=True` (CUDA only)
+batches are pinned in the prefetch thread, so the copy to the GPU can be asynchronous.
 
 Position: `state_dict()` after k batches of an epoch is {"epoch", "batches"}; a new
 reader given it with `load_state_dict` resumes at batch k + 1 exactly, skipping whole row
@@ -23,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from torchrec.datasets.utils import Batch
 
 from configs.errors import UserError
-from data_pipeline.convert_arrow import arrow_to_batch
+from data_pipeline.convert_arrow import Block, batch_of
 from data_pipeline.prefetch import prefetch
 from data_pipeline.schema import DatasetSchema, check_file_schema, split_files
 
@@ -51,22 +58,38 @@ def list_row_groups(files: list[Path], schema: DatasetSchema) -> list[RowGroup]:
     return groups
 
 
+def assign_row_groups(groups: list[RowGroup], world_size: int) -> list[list[RowGroup]]:
+    """Split row groups over ranks, balanced by rows: largest first, each to the rank with the
+    fewest rows so far (ties: the lower rank; equal sizes keep split order). Deterministic;
+    the rows of any two ranks differ by at most the largest row group. Each rank's groups
+    come back in split order, so reads stay sequential within a file."""
+    totals = [0] * world_size
+    owned: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(groups)), key=lambda i: (-groups[i].rows, i)):
+        r = min(range(world_size), key=lambda r: (totals[r], r))
+        totals[r] += groups[i].rows
+        owned[r].append(i)
+    return [[groups[i] for i in sorted(idx)] for idx in owned]
+
+
 class ShardReader:
     """Iterable of Batch for one rank; see the module docstring."""
 
     def __init__(self, dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, prefetch_batches: int = 4,
-                 shuffle_buffer: int = 0, seed: int = 0):
+                 shuffle_buffer: int = 0, seed: int = 0, pin_memory: bool = False):
         if batch_size <= 0:
             raise UserError(f"batch size must be positive, got {batch_size}")
+        if pin_memory and not torch.cuda.is_available():
+            raise UserError("pin_memory needs CUDA (it speeds up copies to a GPU); this machine has none")
         self.schema, self.batch_size, self.drop_last = schema, batch_size, drop_last
-        self.prefetch_batches, self.seed = prefetch_batches, seed
+        self.prefetch_batches, self.seed, self.pin_memory = prefetch_batches, seed, pin_memory
         # A shuffle window is a whole number of batches so positions stay batch-aligned.
         self.window = -(-shuffle_buffer // batch_size) * batch_size if shuffle_buffer > 0 else 0
         self.columns = schema.arrow_schema().names
-        groups = list_row_groups(split_files(dataset_dir, split), schema)
-        self.groups = groups[rank::world_size]
-        rows_per_rank = [sum(g.rows for g in groups[r::world_size]) for r in range(world_size)]
+        per_rank = assign_row_groups(list_row_groups(split_files(dataset_dir, split), schema), world_size)
+        self.groups = per_rank[rank]
+        rows_per_rank = [sum(g.rows for g in gs) for gs in per_rank]
         self.rows = rows_per_rank[rank]
         if drop_last:
             self.num_batches = min(rows_per_rank) // batch_size
@@ -113,47 +136,60 @@ class ShardReader:
             yield table.slice(skip_rows) if skip_rows else table
             skip_rows = 0
 
-    def _row_chunks(self) -> Iterator[pa.Table]:
-        """Tables of exactly batch_size rows (the last may be short), shuffled per window."""
-        start_rows = self._start_batch * self.batch_size
-        window = self.window or self.batch_size
-        first_window = start_rows // window
-        skip_batches = (start_rows - first_window * window) // self.batch_size
+    def _windows(self, skip_rows: int) -> Iterator[pa.Table]:
+        """The epoch's rows cut into tables of exactly `window` rows (the last may be short)."""
         pending: list[pa.Table] = []
         pending_rows = 0
-        window_idx = first_window
-
-        def emit(table: pa.Table):
-            nonlocal skip_batches
-            if self.window:
-                perm = np.random.default_rng([self.seed, self.epoch, window_idx]).permutation(table.num_rows)
-                table = table.take(perm)
-            for off in range(0, table.num_rows, self.batch_size):
-                if skip_batches:
-                    skip_batches -= 1
-                    continue
-                yield table.slice(off, self.batch_size)
-
-        for table in self._tables(self._epoch_groups(), first_window * window):
+        for table in self._tables(self._epoch_groups(), skip_rows):
             pending.append(table)
             pending_rows += table.num_rows
-            while pending_rows >= window:
+            while pending_rows >= self.window:
                 merged = pa.concat_tables(pending)
-                yield from emit(merged.slice(0, window))
-                rest = merged.slice(window)
+                yield merged.slice(0, self.window)
+                rest = merged.slice(self.window)
                 pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
-                window_idx += 1
         if pending_rows:
-            yield from emit(pa.concat_tables(pending))
+            yield pa.concat_tables(pending)
+
+    def _pieces(self) -> Iterator[list[tuple[Block, int, int]]]:
+        """Per batch, the block rows it is made of: (block, start, stop) pieces, several only
+        where a batch straddles row groups (no shuffle)."""
+        bs, start_rows = self.batch_size, self._start_batch * self.batch_size
+        if self.window:
+            # Rows are permuted within each window; windows are whole numbers of batches.
+            first_window = start_rows // self.window
+            skip = start_rows - first_window * self.window
+            for w, table in enumerate(self._windows(first_window * self.window), start=first_window):
+                perm = np.random.default_rng([self.seed, self.epoch, w]).permutation(table.num_rows)
+                block = Block(table.take(perm), self.schema)
+                for off in range(skip, block.n, bs):
+                    yield [(block, off, min(off + bs, block.n))]
+                skip = 0
+            return
+        pending: list[tuple[Block, int, int]] = []
+        pending_rows = 0
+        for table in self._tables(self._epoch_groups(), start_rows):
+            block, a = Block(table, self.schema), 0
+            while a < block.n:
+                take = min(bs - pending_rows, block.n - a)
+                pending.append((block, a, a + take))
+                pending_rows, a = pending_rows + take, a + take
+                if pending_rows == bs:
+                    yield pending
+                    pending, pending_rows = [], 0
+        if pending:
+            yield pending
 
     def _batches(self) -> Iterator[Batch]:
         remaining = self.num_batches - self._start_batch
-        for table in self._row_chunks():
+        for pieces in self._pieces():
             if remaining <= 0:
                 return
-            if self.drop_last and table.num_rows < self.batch_size:
+            if self.drop_last and sum(b - a for _, a, b in pieces) < self.batch_size:
                 return
-            yield arrow_to_batch(table, self.schema)
+            batch = batch_of(pieces, self.schema)
+            # Pinned in the prefetch thread, so the copy to the GPU can be asynchronous.
+            yield batch.pin_memory() if self.pin_memory else batch
             remaining -= 1
 
     def __iter__(self) -> Iterator[Batch]:

@@ -14,6 +14,8 @@ import sys
 import warnings
 
 from configs.errors import UserError
+from launch.convert_cmd import add_convert_parser
+from launch.report_cmd import add_report_parser
 
 
 def _quiet() -> None:
@@ -50,6 +52,16 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_ray(args: argparse.Namespace, extra: list[str]) -> int:
+    from configs.loader import load_config
+    from launch.ray_launcher import launch
+
+    overrides = [f"--ray.num_workers={args.num_workers}"] if args.num_workers else []
+    cfg = load_config(args.config, extra + overrides + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
+    print_summary(launch(cfg))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
@@ -64,13 +76,39 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
+    import torch
+
+    from configs.loader import load_config
+    from data_pipeline.schema import load_schema
+    from embeddings.plan_report import format_report, plan_offline
+    from trainer.registry import build_model
+    from trainer.task import ClickTask
+
+    cfg = load_config(args.config, extra)
+    if args.schema == "mlperf":
+        from trainer.models.dlrm_dcn import mlperf_schema
+
+        schema = mlperf_schema()
+    else:
+        schema = load_schema(args.schema or cfg.dataset.path)
+    model = ClickTask(build_model(schema, cfg.model, torch.device("meta")))
+    report = plan_offline(model, cfg.embeddings, args.world_size, args.device, args.memory_gb,
+                          cfg.train.batch_size)
+    print(f"{cfg.model.name}/{cfg.model.flavor} on {args.world_size} x {args.device} "
+          f"({args.memory_gb:g} GiB each), batch {cfg.train.batch_size} per rank\n")
+    print(format_report(report))
+    return 0
+
+
 def print_summary(s: dict) -> None:
     auc = f"test AUC {s['auc']:.4f}"
     if "teacher_auc" in s:
         t = s["teacher_auc"]
         auc += f" (teacher {t:.4f}; reached {(s['auc'] - 0.5) / (t - 0.5):.1%} of the teacher's lift over 0.5)"
     print(f"\n{s['model']}/{s['flavor']}: {auc}\n"
-          f"logloss {s['logloss']:.4f} | {s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s "
+          f"logloss {s['logloss']:.4f}, NE {s.get('ne', float('nan')):.4f}, "
+          f"calibration {s.get('calibration', float('nan')):.3f} | {s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s "
           f"= {s['samples_per_s']:,.0f} samples/s | world size {s['world_size']}\n"
           f"run folder: {s['run_dir']}")
 
@@ -94,12 +132,32 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(fn=cmd_synth)
+    add_convert_parser(sub)
+    add_report_parser(sub)
 
     t = sub.add_parser("train", help="train a model (single process, or under torchrun / Ray)",
                        epilog="Any --section.key=value overrides the config, e.g. --train.batch_size=4096")
     t.add_argument("--config", required=True, help="YAML file or preset name (demo, tiny)")
     t.add_argument("--run-dir", default=None, help="output folder (default runs/<model>-<time>)")
     t.set_defaults(fn=cmd_train)
+
+    pl = sub.add_parser("plan", help="print the sharding plan and memory per rank, without training",
+                        epilog="Any --section.key=value overrides the config, e.g. --model.flavor=mlperf")
+    pl.add_argument("--config", required=True, help="YAML file or preset name")
+    pl.add_argument("--world-size", type=int, required=True, help="number of ranks (GPUs or processes)")
+    pl.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    pl.add_argument("--memory-gb", type=float, default=80.0, help="memory per rank: GPU HBM, or host memory on cpu")
+    pl.add_argument("--schema", default=None,
+                    help="dataset folder whose schema.json sizes the tables (default dataset.path), "
+                         "or 'mlperf' for the MLPerf DLRM-DCNv2 reference tables")
+    pl.set_defaults(fn=cmd_plan)
+
+    r = sub.add_parser("ray", help="train on a Ray cluster with Ray Train (the `ray job submit` entry)",
+                       epilog="Any --section.key=value overrides the config, e.g. --dataset.source=ray_data")
+    r.add_argument("--config", required=True, help="YAML file or preset name")
+    r.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default ray.num_workers)")
+    r.add_argument("--run-dir", default=None, help="output folder, on storage every node sees")
+    r.set_defaults(fn=cmd_ray)
 
     e = sub.add_parser("eval", help="score a run's checkpoint on a split")
     e.add_argument("--run-dir", required=True, help="a run folder written by `shardrec train`")

@@ -85,7 +85,9 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
     return ShardReader(cfg.dataset.path, cfg.dataset.train_split, schema, cfg.train.batch_size,
                        rank=env.rank, world_size=env.world_size, drop_last=True,
                        prefetch_batches=cfg.dataset.prefetch_batches,
-                       shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed)
+                       shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed,
+                       # Pinned host memory lets the pipeline's copy to the GPU run asynchronously.
+                       pin_memory=env.device.type == "cuda")
 
 
 def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from data_pipeline.reader import ShardReader, list_row_groups
+from configs.errors import UserError
+from data_pipeline.reader import RowGroup, ShardReader, assign_row_groups, list_row_groups
 from data_pipeline.schema import load_schema, split_files
 
 BATCH = 128  # does not divide 2400 and straddles the 300-row groups and 1000-row files
@@ -98,10 +101,11 @@ def test_row_groups_listed_in_file_order(onehot_ds):
 
 def test_drop_last_equal_full_batches_on_unbalanced_ranks(onehot_ds):
     root, _, schema = onehot_ds
-    # rank 0: groups 0,2,4,6,8 = 1500 rows; rank 1: groups 1,3,5,7,9 = 900 rows
-    readers = [ShardReader(root, "train", schema, BATCH, rank=r, world_size=2, drop_last=True)
-               for r in range(2)]
-    assert [r.rows for r in readers] == [1500, 900]
+    # Row groups [300 300 300 100] [300 300 300 100] [300 100] over 3 ranks, largest first:
+    # rank 0 gets three 300s = 900, rank 1 two 300s + two 100s = 800, rank 2 700.
+    readers = [ShardReader(root, "train", schema, BATCH, rank=r, world_size=3, drop_last=True)
+               for r in range(3)]
+    assert [r.rows for r in readers] == [900, 800, 700]
     counts = []
     for reader in readers:
         batches = list(reader)
@@ -110,7 +114,46 @@ def test_drop_last_equal_full_batches_on_unbalanced_ranks(onehot_ds):
         assert all(b.sparse_features.lengths().shape[0] == 26 * BATCH for b in batches)
         counts.append(len(batches))
         assert len(reader) == len(batches)
-    assert counts == [900 // BATCH] * 2 == [7, 7]
+        assert reader.max_batches_any_rank == 5
+    assert counts == [700 // BATCH] * 3 == [5, 5, 5]
+
+
+def test_two_ranks_get_balanced_rows(onehot_ds):
+    """Round-robin would give 1500 / 900 rows; balancing by rows gives 1200 / 1200."""
+    root, _, schema = onehot_ds
+    readers = [ShardReader(root, "train", schema, BATCH, rank=r, world_size=2) for r in range(2)]
+    assert [r.rows for r in readers] == [1200, 1200]
+    assert [len(r) for r in readers] == [1200 // BATCH] * 2
+
+
+def _groups(*rows: int) -> list[RowGroup]:
+    return [RowGroup(Path(f"f{i // 3}"), i % 3, n) for i, n in enumerate(rows)]
+
+
+@pytest.mark.parametrize("rows,world_size,want", [
+    ([10, 25, 7, 13, 30], 2, [[0, 4], [1, 2, 3]]),  # 40 / 45
+    ([100, 1, 1, 1, 1, 1], 2, [[0], [1, 2, 3, 4, 5]]),
+    ([5, 5, 5, 5], 4, [[0], [1], [2], [3]]),  # equal sizes keep split order
+    ([5, 5], 3, [[0], [1], []]),
+])
+def test_assign_row_groups(rows, world_size, want):
+    groups = _groups(*rows)
+    got = assign_row_groups(groups, world_size)
+    assert [[groups.index(g) for g in rank] for rank in got] == want
+    assert assign_row_groups(groups, world_size) == got  # deterministic
+
+
+def test_assign_row_groups_balance_property():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        groups = _groups(*rng.integers(1, 1000, size=int(rng.integers(1, 40))))
+        world_size = int(rng.integers(1, 9))
+        got = assign_row_groups(groups, world_size)
+        flat = [g for rank in got for g in rank]
+        assert sorted(flat, key=groups.index) == groups  # disjoint and complete
+        assert all(rank == sorted(rank, key=groups.index) for rank in got)  # split order
+        totals = [sum(g.rows for g in rank) for rank in got]
+        assert max(totals) - min(totals) <= max(g.rows for g in groups)
 
 
 def test_drop_last_single_rank_and_with_shuffle(onehot_ds):
@@ -122,15 +165,15 @@ def test_drop_last_single_rank_and_with_shuffle(onehot_ds):
         assert all(len(b.labels) == BATCH for b in batches)
     two = [list(ShardReader(root, "train", schema, BATCH, rank=r, world_size=2, drop_last=True,
                             shuffle_buffer=300, seed=1)) for r in range(2)]
-    assert [len(b) for b in two] == [7, 7]
+    assert [len(b) for b in two] == [1200 // BATCH] * 2 == [9, 9]  # 1200 rows per rank
     assert all(len(b.labels) == BATCH for rank in two for b in rank)
 
 
 def test_drop_last_reads_the_first_rows_of_each_rank(indexed, rows_of):
-    ds = indexed([[10, 25, 7], [13, 30]])  # groups: r0 gets 10,7,30 = 47; r1 gets 25,13 = 38
-    r0 = ShardReader(ds.path, "train", ds.schema, 8, rank=0, world_size=2, drop_last=True)
-    rows = np.concatenate([rows_of(b) for b in r0])
-    want = np.concatenate([np.arange(s, s + n) for s, n in ds.groups[0::2]])[: (38 // 8) * 8]
+    ds = indexed([[10, 25, 7], [13, 30]])  # largest first: r0 gets 30, 10 = 40; r1 gets 25, 13, 7 = 45
+    r1 = ShardReader(ds.path, "train", ds.schema, 8, rank=1, world_size=2, drop_last=True)
+    rows = np.concatenate([rows_of(b) for b in r1])
+    want = np.concatenate([np.arange(s, s + n) for s, n in ds.groups[1:4]])[: (40 // 8) * 8]
     np.testing.assert_array_equal(rows, want)
 
 
@@ -145,8 +188,11 @@ def test_ranks_together_read_every_row_once(indexed, rows_of, shuffle, world_siz
         rows = [rows_of(b) for b in reader]
         assert len(rows) == len(reader)
         per_rank.append(np.concatenate(rows))
-        # rank r reads row groups r, r + W, ...
-        mine = np.concatenate([np.arange(s, s + n) for s, n in ds.groups[rank::world_size]])
+        # the rank reads exactly the row groups it was assigned, in split order
+        order = list_row_groups(split_files(ds.path, "train"), ds.schema)
+        spans = [ds.groups[order.index(g)] for g in reader.groups]
+        assert spans == sorted(spans)
+        mine = np.concatenate([np.arange(s, s + n) for s, n in spans])
         np.testing.assert_array_equal(np.sort(per_rank[-1]), mine)
         if not shuffle:
             np.testing.assert_array_equal(per_rank[-1], mine)
@@ -377,3 +423,59 @@ def test_shard_with_extra_and_reordered_columns(indexed, rows_of):
     pq.write_table(t, path, row_group_size=12)
     rows = np.concatenate([rows_of(b) for b in ShardReader(ds.path, "train", ds.schema, 5, drop_last=False)])
     np.testing.assert_array_equal(rows, np.arange(ds.rows))
+
+
+# ---------------------------------------------------------------------------------------
+# Pinned memory (for copies to a GPU)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_pin_memory_needs_cuda(shuffled_ds):
+    with pytest.raises(UserError, match="pin_memory needs CUDA"):
+        ShardReader(shuffled_ds.path, "train", shuffled_ds.schema, 10, pin_memory=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pin_memory_batches_are_pinned_and_equal(shuffled_ds, rows_of):
+    ds = shuffled_ds
+    plain = list(ShardReader(ds.path, "train", ds.schema, 10, shuffle_buffer=30, seed=2))
+    pinned = list(ShardReader(ds.path, "train", ds.schema, 10, shuffle_buffer=30, seed=2, pin_memory=True))
+    assert all(b.dense_features.is_pinned() and b.sparse_features.values().is_pinned() for b in pinned)
+    assert [rows_of(b).tolist() for b in pinned] == [rows_of(b).tolist() for b in plain]
+
+
+# ---------------------------------------------------------------------------------------
+# Block / batch_of: the per-row-group conversion the reader slices batches from
+
+
+def test_batch_of_interleaved_features_across_blocks():
+    """Multi-hot features between one-hot ones, and a batch made of two blocks' rows."""
+    from data_pipeline.convert_arrow import Block, batch_of
+    from data_pipeline.schema import DatasetSchema, SparseFeature
+
+    schema = DatasetSchema(label="y", dense=["d"], sparse=[
+        SparseFeature("a", 100), SparseFeature("m1", 100, multi_hot=True), SparseFeature("b", 100),
+        SparseFeature("c", 100), SparseFeature("m2", 100, multi_hot=True)])
+
+    def table(start, n):
+        i = np.arange(start, start + n)
+        bags = [None if k % 5 == 3 else list(range(k % 3)) for k in i]
+        return pa.table({"y": (i % 2).astype(np.float32), "d": i.astype(np.float32), "a": i, "m1": bags,
+                         "b": i + 10, "c": i + 20, "m2": [[int(k)] * (k % 2) for k in i]},
+                        schema=schema.arrow_schema())
+
+    t1, t2 = table(0, 7), table(7, 6)
+    batch = batch_of([(Block(t1, schema), 4, 7), (Block(t2.slice(1), schema), 0, 3)], schema)
+    rows = [4, 5, 6, 8, 9, 10]
+    feats = batch.sparse_features.to_dict()
+    assert batch.dense_features[:, 0].tolist() == rows
+    assert feats["a"].values().tolist() == rows and feats["c"].values().tolist() == [r + 20 for r in rows]
+    assert feats["b"].lengths().tolist() == [1] * 6
+    m1 = [[] if r % 5 == 3 else list(range(r % 3)) for r in rows]
+    assert feats["m1"].lengths().tolist() == [len(x) for x in m1]
+    assert feats["m1"].values().tolist() == [v for x in m1 for v in x]
+    assert feats["m2"].values().tolist() == [r for r in rows if r % 2]
+    whole = batch_of([(Block(pa.concat_tables([t1, t2]), schema), 0, 13)], schema)
+    assert whole.sparse_features.values().tolist() == [
+        *range(13), *[v for r in range(13) if r % 5 != 3 for v in range(r % 3)],
+        *range(10, 23), *range(20, 33), *[r for r in range(13) if r % 2]]
