@@ -14,10 +14,11 @@ from torchrec.datasets.utils import Batch
 
 from configs.errors import UserError
 from data_pipeline.convert_arrow import arrow_to_batch
+from data_pipeline.reader import EpochPosition
 from data_pipeline.schema import DatasetSchema
 
 
-class RayDataReader:
+class RayDataReader(EpochPosition):
     """Iterable of Batch over this worker's Ray Data shard, `num_batches` full batches per epoch.
 
     Every worker yields the same count (rows // world_size // batch_size), so collectives in
@@ -34,19 +35,6 @@ class RayDataReader:
         if self.num_batches == 0:
             raise UserError(f"split '{split}' has {rows} rows: fewer than one batch of {batch_size} "
                             f"per worker for {world_size} workers")
-        self.epoch, self._start_batch = 0, 0
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._start_batch = epoch, 0
-
-    def state_dict(self, batches_done: int) -> dict:
-        return {"epoch": self.epoch, "batches": batches_done}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._start_batch = int(state["epoch"]), int(state["batches"])
 
     def __iter__(self) -> Iterator[Batch]:
         batches = self.shard.iter_batches(batch_size=self.batch_size, batch_format="pyarrow",

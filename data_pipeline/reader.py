@@ -72,7 +72,31 @@ def assign_row_groups(groups: list[RowGroup], world_size: int) -> list[list[RowG
     return [[groups[i] for i in sorted(idx)] for idx in owned]
 
 
-class ShardReader:
+class EpochPosition:
+    """A reader's position as checkpoints store it: the epoch and the batches done in it.
+
+    Subclasses set `num_batches` (per epoch) and start at batch `_start_batch` of `epoch`.
+    """
+
+    num_batches: int = 0
+    epoch: int = 0
+    _start_batch: int = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._start_batch = epoch, 0
+
+    def state_dict(self, batches_done: int) -> dict:
+        """Position after `batches_done` batches of the current epoch."""
+        return {"epoch": self.epoch, "batches": batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._start_batch = int(state["epoch"]), int(state["batches"])
+
+
+class ShardReader(EpochPosition):
     """Iterable of Batch for one rank; see the module docstring."""
 
     def __init__(self, dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int,
@@ -103,20 +127,6 @@ class ShardReader:
         # The most batches any rank yields: ranks with fewer must still join each collective.
         self.max_batches_any_rank = (self.num_batches if drop_last
                                      else max(-(-r // batch_size) for r in rows_per_rank))
-        self.epoch, self._start_batch = 0, 0
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._start_batch = epoch, 0
-
-    def state_dict(self, batches_done: int) -> dict:
-        """Position after `batches_done` batches of the current epoch."""
-        return {"epoch": self.epoch, "batches": batches_done}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._start_batch = int(state["epoch"]), int(state["batches"])
 
     def _epoch_groups(self) -> list[RowGroup]:
         if not self.window:
