@@ -3,7 +3,10 @@
     model = build_model(schema, ModelConfig(name="dlrm", flavor="debug"), torch.device("meta"))
 
 Every model takes (dense (B, D) float32, KJT) and returns logits (B, 1); its sparse side is
-an EmbeddingBagCollection that embeddings/ shards. Models know nothing of sharding.
+one or more EmbeddingBagCollections (tables `t_<f>`, `lin_<f>`, `cross_<a>_x_<b>`) that
+embeddings/ shards. Models know nothing of sharding; built on meta, every dense parameter is
+initialised by a `reset_parameters()` that DistributedModelParallel calls. Each model has a
+tiny `debug` flavor for tests and full ones (see `MODELS[name].flavors`).
 """
 
 from __future__ import annotations
@@ -18,17 +21,42 @@ from torch import nn
 from configs.errors import UserError
 from configs.tree import ModelConfig
 from data_pipeline.schema import DatasetSchema
-from trainer.models import dlrm
+from trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
+from trainer.models.common import LearnedDenseVector
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[DatasetSchema, Any, torch.device], nn.Module]
     flavors: dict[str, Any]
+    # A baseline: what the zoo's models are compared against (bench/bench_models.py).
+    baseline: bool = False
+
+
+def _dlrm_family(build: Callable[[DatasetSchema, Any, torch.device], nn.Module]):
+    """TorchRec's DLRM classes need a bottom MLP; with no dense features it would only learn
+    a constant through its last bias, so that constant becomes one learned vector."""
+
+    def wrapped(schema: DatasetSchema, flavor: Any, device: torch.device) -> nn.Module:
+        model = build(schema, flavor, device)
+        if not schema.dense:
+            model.dense_arch = LearnedDenseVector(flavor.embedding_dim, device)
+        return model
+
+    return wrapped
 
 
 MODELS: dict[str, ModelSpec] = {
-    "dlrm": ModelSpec(dlrm.build_dlrm, dlrm.FLAVORS),
+    "dlrm": ModelSpec(_dlrm_family(dlrm.build_dlrm), dlrm.FLAVORS),
+    "dlrm_dcn": ModelSpec(_dlrm_family(dlrm_dcn.build_dlrm_dcn), dlrm_dcn.FLAVORS),
+    "deepfm": ModelSpec(deepfm.build_deepfm, deepfm.FLAVORS),
+    "dcn": ModelSpec(dcn.build_dcn, dcn.DCN_FLAVORS),
+    "dcnv2": ModelSpec(dcn.build_dcnv2, dcn.DCNV2_FLAVORS),
+    "wide_deep": ModelSpec(wide_deep.build_wide_deep, wide_deep.FLAVORS),
+    "xdeepfm": ModelSpec(xdeepfm.build_xdeepfm, xdeepfm.FLAVORS),
+    "lr": ModelSpec(baselines.build_lr, baselines.LR_FLAVORS, baseline=True),
+    "fm": ModelSpec(baselines.build_fm, baselines.FM_FLAVORS, baseline=True),
+    "dnn": ModelSpec(baselines.build_dnn, baselines.DNN_FLAVORS, baseline=True),
 }
 
 

@@ -1,0 +1,138 @@
+"""The model zoo on MovieLens 100K (CTR) or on synthetic teacher data, in one process.
+
+    .venv/bin/python bench/bench_models.py                        # MovieLens 100K, every model
+    .venv/bin/python bench/bench_models.py --models deepfm,lr     # a subset (lr is always added)
+    .venv/bin/python bench/bench_models.py --synthetic --data /tmp/demo_zoo
+
+MovieLens: converts --input (GroupLens ml-100k) to a temporary folder (label = rating >= 4,
+seeded 80/10/10 split), trains each model with configs/<model>_movielens.yaml and prints test
+AUC / logloss and the AUC difference to logistic regression measured in the same run.
+Floors: every non-baseline model reaches AUC >= 0.78 and beats lr by >= 0.01.
+
+Synthetic: trains each model with configs/<model>_criteo.yaml on --data (made with
+`shardrec synth --out DIR --rows 1250000 --preset demo` if absent) and prints the share of the
+hidden teacher's lift over a coin flip reached: (AUC - 0.5) / (teacher AUC - 0.5) >= 0.9.
+Exit status 1 when a floor is missed. Extra `--key=value` arguments override every preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MOVIELENS = "/work/shared/data/movielens_100k"
+AUC_FLOOR, LR_MARGIN, TEACHER_SHARE = 0.78, 0.01, 0.9
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    logging.basicConfig(level=logging.ERROR)
+    for name in ("torchrec", "torch", "fbgemm_gpu"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def train(model: str, preset: str, data: str, runs: Path, overrides: list[str]) -> dict:
+    from configs.loader import load_config
+    from trainer.loop import run
+
+    cfg = load_config(f"{model}_{preset}", [f"--dataset.path={data}", f"--run_dir={runs / model}",
+                                            "--checkpoint.save_final=false", "--train.progress=false",
+                                            *overrides])
+    start = time.perf_counter()
+    summary = run(cfg)
+    summary["total_s"] = time.perf_counter() - start
+    print(f"  {model:10s} AUC {summary['auc']:.4f} logloss {summary['logloss']:.4f} "
+          f"({summary['total_s']:.1f}s)", file=sys.stderr, flush=True)
+    return summary
+
+
+def movielens_table(results: dict[str, dict]) -> tuple[str, bool]:
+    from trainer.registry import MODELS
+
+    lr_auc = results["lr"]["auc"]
+    lines = ["| model | flavor | test AUC | test logloss | AUC - lr AUC | train s | floors |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    ok = True
+    for name, s in results.items():
+        delta = s["auc"] - lr_auc
+        if MODELS[name].baseline:
+            verdict = "baseline"
+        else:
+            passed = s["auc"] >= AUC_FLOOR and delta >= LR_MARGIN
+            ok &= passed
+            verdict = "ok" if passed else "MISSED"
+        lines.append(f"| {name} | {s['flavor']} | {s['auc']:.4f} | {s['logloss']:.4f} | {delta:+.4f} "
+                     f"| {s['wall_s']:.1f} | {verdict} |")
+    return "\n".join(lines), ok
+
+
+def synthetic_table(results: dict[str, dict]) -> tuple[str, bool]:
+    from trainer.registry import MODELS
+
+    lines = ["| model | flavor | test AUC | teacher AUC | share of teacher lift | test logloss "
+             "| train s | floor |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ok = True
+    for name, s in results.items():
+        share = (s["auc"] - 0.5) / (s["teacher_auc"] - 0.5)
+        if MODELS[name].baseline:
+            verdict = "baseline"
+        else:
+            ok &= share >= TEACHER_SHARE
+            verdict = "ok" if share >= TEACHER_SHARE else "MISSED"
+        lines.append(f"| {name} | {s['flavor']} | {s['auc']:.4f} | {s['teacher_auc']:.4f} | {share:.1%} "
+                     f"| {s['logloss']:.4f} | {s['wall_s']:.1f} | {verdict} |")
+    return "\n".join(lines), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="", help="comma-separated registry names (default: all)")
+    parser.add_argument("--synthetic", action="store_true", help="criteo presets on synthetic teacher data")
+    parser.add_argument("--input", default=MOVIELENS, help="MovieLens 100K folder (GroupLens ml-100k)")
+    parser.add_argument("--data", default="/tmp/demo_zoo", help="synthetic data folder (--synthetic)")
+    parser.add_argument("--rows", type=int, default=1_250_000, help="rows to generate if --data is absent")
+    args, overrides = parser.parse_known_args(argv)
+    quiet()
+
+    from trainer.registry import MODELS
+
+    names = [n for n in args.models.split(",") if n] or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    if "lr" not in names:
+        names.insert(0, "lr")
+    work = Path(tempfile.mkdtemp(prefix="shardrec_bench_models_"))
+
+    if args.synthetic:
+        data = args.data
+        if not (Path(data) / "schema.json").is_file():
+            from data_pipeline.synth import generate, spec_from_preset
+
+            generate(spec_from_preset("demo", args.rows), data)
+        preset = "criteo"
+    else:
+        from data_pipeline.convert_movielens import convert_movielens
+
+        data = str(work / "movielens")
+        convert_movielens(args.input, data, seed=0, split=(0.8, 0.1, 0.1))
+        preset = "movielens"
+    print(f"data: {data}; presets configs/<model>_{preset}.yaml; runs in {work}", file=sys.stderr)
+
+    results = {name: train(name, preset, data, work / "runs", overrides) for name in names}
+    table, ok = synthetic_table(results) if args.synthetic else movielens_table(results)
+    print(table)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The zoo as the trainer sees it: registry and flavors, meta builds that DMP can materialise,
+table naming, the MLPerf DLRM-DCNv2 size, the presets, and a short sharded run of each model."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchrec.modules.crossnet import CrossNet, LowRankMixtureCrossNet
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from configs.loader import PRESET_DIR, load_config
+from configs.tree import ModelConfig
+from data_pipeline.convert_movielens import GENRES, convert_movielens
+from data_pipeline.synth import generate, spec_from_preset
+from trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
+from trainer.models.common import materializable
+from trainer.models.dlrm_dcn import MLPERF_TABLE_SIZES, mlperf_schema
+from trainer.registry import MODELS, build_model
+
+META = torch.device("meta")
+
+
+def ebcs(model: nn.Module) -> list[EmbeddingBagCollection]:
+    return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
+
+
+def materialize_like_dmp(model: nn.Module) -> nn.Module:
+    """What DistributedModelParallel does to the dense part of a meta-built model: allocate each
+    module's direct meta parameters (garbage: NaN here) and call that module's
+    reset_parameters(). Embedding collections are left out: sharding initialises those."""
+    sharded = {id(p) for ebc in ebcs(model) for p in ebc.parameters()}
+
+    def init(module: nn.Module) -> None:
+        allocated = False
+        for name, p in module._parameters.items():
+            if p is not None and p.is_meta and id(p) not in sharded:
+                module._parameters[name] = nn.Parameter(torch.full(p.shape, math.nan), p.requires_grad)
+                allocated = True
+        if allocated and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+    model.apply(init)
+    return model
+
+
+def test_torchrec_crossnets_need_the_reset_parameters_fix():
+    # TorchRec's crossnets initialise in __init__ only: after DMP they would hold garbage.
+    with torch.device(META):
+        plain, fixed = CrossNet(8, 2), materializable(LowRankMixtureCrossNet(8, 2, num_experts=2, low_rank=2))
+    assert torch.isnan(materialize_like_dmp(plain).kernels[0]).all()
+    materialize_like_dmp(fixed)
+    assert all(torch.isfinite(p).all() for p in fixed.parameters())
+    assert fixed.U_kernels[0].abs().sum() > 0 and (fixed.bias[0] == 0).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_flavor_builds_on_meta_with_tables_dmp_can_shard(name):
+    for flavor in MODELS[name].flavors:
+        model = build_model(mlperf_schema(), ModelConfig(name, flavor), META)
+        assert all(p.is_meta for p in model.parameters())
+        tables = [c for ebc in ebcs(model) for c in ebc.embedding_bag_configs()]
+        names = [t.name for t in tables]
+        assert len(names) == len(set(names)), f"{name}/{flavor}: duplicate table names"
+        assert {n.split("_", 1)[0] for n in names} <= {"t", "lin", "cross"}
+        # FBGEMM's fused kernels refuse widths that are not a multiple of 4.
+        assert all(t.embedding_dim % 4 == 0 for t in tables), f"{name}/{flavor}"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_dense_parameter_is_initialised_by_a_reset_parameters_dmp_calls(name):
+    for schema in (mlperf_schema(), dataclasses.replace(mlperf_schema(), dense=[])):
+        model = materialize_like_dmp(build_model(schema, ModelConfig(name, "debug"), META))
+        sharded = {id(p) for ebc in ebcs(model) for p in ebc.parameters()}
+        bad = [n for n, p in model.named_parameters()
+               if id(p) not in sharded and (p.is_meta or not torch.isfinite(p).all())]
+        assert not bad, f"{name} (dense={len(schema.dense)}): left uninitialised: {bad}"
+
+
+def test_every_model_documents_its_paper_and_shapes():
+    modules = {"dlrm": dlrm, "dlrm_dcn": dlrm_dcn, "deepfm": deepfm, "dcn": dcn, "dcnv2": dcn,
+               "wide_deep": wide_deep, "xdeepfm": xdeepfm, "lr": baselines, "fm": baselines,
+               "dnn": baselines}
+    assert set(modules) == set(MODELS)
+    for name, module in modules.items():
+        assert "(B, 1)" in module.__doc__ and re.search(r"(19|20)\d\d", module.__doc__), name
+
+
+def test_mlperf_dlrm_dcn_parameter_count_matches_the_reference_by_hand():
+    model = build_model(mlperf_schema(), ModelConfig("dlrm_dcn", "mlperf"), META)
+    dim, dense_in, num_tables, rank = 128, 13, 26, 512
+    embeddings = sum(MLPERF_TABLE_SIZES) * dim
+    bottom = (dense_in * 512 + 512) + (512 * 256 + 256) + (256 * 128 + 128)
+    cross_in = (num_tables + 1) * dim  # 26 pooled embeddings and the bottom MLP's output: 3456
+    cross = 3 * (cross_in * rank + rank * cross_in + cross_in)  # W (N x r), V (r x N), bias (N)
+    top = ((cross_in * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 512 + 512) + (512 * 256 + 256)
+           + (256 * 1 + 1))
+    assert sum(MLPERF_TABLE_SIZES) == 204_184_588
+    assert sum(p.numel() for p in model.parameters()) == embeddings + bottom + cross + top
+    assert embeddings + bottom + cross + top == 26_151_671_809  # about 104.6 GB in fp32
+
+
+def fake_movielens(root: Path) -> Path:
+    """A three-user MovieLens 100K folder in GroupLens's format."""
+    root.mkdir()
+    (root / "u.occupation").write_text("technician\nwriter\n")
+    (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|writer|94043\n3|23|M|writer|32067\n")
+    flags = ["0"] * len(GENRES)
+    item = lambda i, year, g: "|".join([str(i), f"Movie {i}", f"01-Jan-{year}", "", "http://x",  # noqa: E731
+                                         *[("1" if k in g else f) for k, f in enumerate(flags)]])
+    (root / "u.item").write_text("\n".join([item(1, 1995, {3, 4}), item(2, 1994, {1})]) + "\n")
+    (root / "u.data").write_text("1\t1\t5\t874965758\n2\t2\t3\t876893171\n3\t1\t4\t878542960\n"
+                                 "1\t2\t2\t876893119\n")
+    return root
+
+
+def test_every_model_has_presets_that_load_and_build(tmp_path):
+    schemas = {"movielens": convert_movielens(fake_movielens(tmp_path / "ml"), tmp_path / "ml_out",
+                                              split=(0.5, 0.25, 0.25)),
+               "criteo": mlperf_schema()}
+    presets = sorted(PRESET_DIR.glob("*_movielens.yaml")) + sorted(PRESET_DIR.glob("*_criteo.yaml"))
+    assert {p.stem for p in presets} == {f"{m}_{d}" for m in MODELS for d in schemas}
+    for path in presets:
+        name, dataset = path.stem.rsplit("_", 1)
+        cfg = load_config(str(path))
+        assert (cfg.model.name, cfg.dataset.path) == (name, f"data/{dataset}"), path
+        model = build_model(schemas[dataset], cfg.model, META)
+        assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.fixture(scope="module")
+def multihot_data(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("zoo") / "tiny-multihot"
+    generate(spec_from_preset("tiny-multihot", 6_000, seed=5), out)
+    return str(out)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
+    # The real path: meta build, planner + DMP, TorchRec's sparse-dist pipeline (which traces
+    # the model with torch.fx), fused optimizers, evaluation.
+    from data_pipeline.schema import load_schema
+    from trainer.distributed import init_distributed, shutdown
+    from trainer.loop import build_sharded_task, run
+
+    cfg = load_config("tiny", [f"--dataset.path={multihot_data}", f"--run_dir={tmp_path / 'run'}",
+                               f"--model.name={name}", "--model.flavor=debug", "--train.max_steps=6",
+                               "--eval.max_batches=1", "--checkpoint.save_final=false"])
+    summary = run(cfg)
+    assert summary["steps"] == 6 and 0.0 < summary["auc"] < 1.0 and math.isfinite(summary["logloss"])
+    env = init_distributed()
+    try:
+        dmp, _ = build_sharded_task(load_schema(multihot_data), cfg, env)
+        for n, p in in_backward_optimizer_filter(dmp.named_parameters()):
+            assert torch.isfinite(p).all() and p.abs().max() < 10, f"{name}: {n} after DMP"
+    finally:
+        shutdown(env)

@@ -1,0 +1,42 @@
+"""MovieLens 100K as CTR (label = rating >= 4, seeded 80/10/10 split): deep models trained
+with their presets beat logistic regression trained with its preset, in the same run.
+
+The full table over every model is bench/bench_models.py (docs/benchmarks.md, "Model zoo").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from configs.loader import load_config
+from data_pipeline.convert_movielens import convert_movielens
+from trainer.loop import run
+
+RAW = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "movielens_100k"
+AUC_FLOOR, LR_MARGIN = 0.78, 0.01
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (RAW / "u.data").is_file(), reason=f"MovieLens 100K not at {RAW}")]
+
+
+@pytest.fixture(scope="module")
+def movielens(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("movielens") / "ml100k"
+    convert_movielens(RAW, out, seed=0, split=(0.8, 0.1, 0.1))
+    return str(out)
+
+
+def train(model: str, data: str, run_dir: Path) -> dict:
+    cfg = load_config(f"{model}_movielens", [f"--dataset.path={data}", f"--run_dir={run_dir / model}",
+                                             "--checkpoint.save_final=false", "--train.progress=false"])
+    return run(cfg)
+
+
+def test_deepfm_and_dcnv2_beat_logistic_regression(movielens, tmp_path):
+    baseline = train("lr", movielens, tmp_path)
+    for model in ("deepfm", "dcnv2"):
+        summary = train(model, movielens, tmp_path)
+        assert summary["auc"] >= AUC_FLOOR, summary
+        assert summary["auc"] - baseline["auc"] >= LR_MARGIN, (model, summary["auc"], baseline["auc"])

@@ -1,0 +1,108 @@
+"""xDeepFM (Lian et al. 2018, "xDeepFM: Combining Explicit and Implicit Feature Interactions
+for Recommender Systems", KDD, arXiv:1803.05170).
+
+    fields X0 = stack(e_1 .. e_F, x_1 v_1 .. x_D v_D)                      (B, m = F + D, E)
+    CIN layer k: X^k_h = sum_{i, j} W^{k,h}_{ij} (X^{k-1}_i * X^0_j)       (B, H_k, E)
+                 p^k_h = sum_e X^k_{h,e}  (sum pooling)                    (B, H_k)
+    split-half:  for k < T, half of X^k feeds layer k+1, the other half goes to the output
+    logits = w0 + sum_f w_f(id_f) + <w, x>      linear (EBC lin_<f>, dim 1)    (B, 1)
+           + w_cin^T [p^1 .. p^T]                                              (B, 1)
+           + MLP(flatten(X0))                   ReLU layers, linear output     (B, 1)
+
+The CIN weight W^{k} is a 1x1 convolution over the H_{k-1} m outer-product channels, as in
+the authors' code; no bias and no activation, as in the paper's formula. Multi-hot fields sum
+their ids' embeddings (the paper's multivalent fields); a dense feature is a field x_j v_j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from data_pipeline.schema import DatasetSchema
+from trainer.models.common import (
+    FeatureLinear,
+    all_fields,
+    dense_fields,
+    field_embeddings,
+    mlp_tower,
+)
+
+
+@dataclass(frozen=True)
+class XDeepFMFlavor:
+    embedding_dim: int
+    cin: tuple[int, ...]  # feature maps H_k per CIN layer (even except the last, if split_half)
+    dnn: tuple[int, ...]
+    split_half: bool = True
+
+
+FLAVORS = {
+    "debug": XDeepFMFlavor(4, (4, 4), (16,)),
+    "small": XDeepFMFlavor(16, (64, 64), (256, 128)),
+    # The paper's Criteo setting, CIN 200-200-200 and DNN 400-400, with its embedding width
+    # 10 rounded to 12: FBGEMM's kernels need widths divisible by 4.
+    "paper": XDeepFMFlavor(12, (200, 200, 200), (400, 400)),
+}
+
+
+class CIN(nn.Module):
+    """Compressed Interaction Network: X0 (B, m, E) -> pooled maps (B, out_features)."""
+
+    def __init__(self, num_fields: int, layers: tuple[int, ...], split_half: bool = True,
+                 device: torch.device | None = None):
+        super().__init__()
+        self.split_half = split_half
+        self.convs = nn.ModuleList()
+        self.layers = tuple(layers)
+        prev, out = num_fields, 0
+        for k, h in enumerate(layers):
+            last = k == len(layers) - 1
+            if split_half and not last and h % 2:
+                raise ValueError(f"CIN with split_half needs even layer sizes but the last; got {layers}")
+            self.convs.append(nn.Conv1d(prev * num_fields, h, kernel_size=1, bias=False, device=device))
+            prev = h // 2 if split_half and not last else h
+            out += h - h // 2 if split_half and not last else h
+        self.out_features = out
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        batch, _, dim = x0.shape
+        xk, pooled = x0, []
+        for k, conv in enumerate(self.convs):
+            # All H_{k-1} x m Hadamard products, as channels of a length-E sequence.
+            z = torch.einsum("bhe,bme->bhme", xk, x0).reshape(batch, -1, dim)  # (B, H_{k-1} m, E)
+            xk = conv(z)  # (B, H_k, E)
+            if self.split_half and k < len(self.convs) - 1:
+                half = self.layers[k] // 2
+                xk, direct = xk[:, :half], xk[:, half:]
+            else:
+                direct = xk
+            pooled.append(direct.sum(dim=2))
+        return torch.cat(pooled, dim=1)
+
+
+class XDeepFM(nn.Module):
+    """forward(dense (B, D) float32, kjt) -> logits (B, 1)."""
+
+    def __init__(self, schema: DatasetSchema, flavor: XDeepFMFlavor, device: torch.device | None = None):
+        super().__init__()
+        dim = flavor.embedding_dim
+        num_fields = len(schema.sparse) + len(schema.dense)
+        self.linear = FeatureLinear(schema, device)
+        self.embeddings = field_embeddings(schema, dim, device, PoolingType.SUM)
+        self.dense_fields = dense_fields(schema, dim, device)
+        self.cin = CIN(num_fields, flavor.cin, flavor.split_half, device)
+        self.cin_head = nn.Linear(self.cin.out_features, 1, bias=False, device=device)
+        self.dnn = mlp_tower(num_fields * dim, flavor.dnn, device)
+
+    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        x0 = all_fields(self.embeddings(kjt), dense, self.dense_fields)  # (B, m, E)
+        return self.linear(dense, kjt) + self.cin_head(self.cin(x0)) + self.dnn(x0.flatten(1))
+
+
+def build_xdeepfm(schema: DatasetSchema, flavor: XDeepFMFlavor, device: torch.device) -> XDeepFM:
+    return XDeepFM(schema, flavor, device)
