@@ -46,8 +46,11 @@ def _dlrm_family(build: Callable[[DatasetSchema, Any, torch.device], nn.Module])
     return wrapped
 
 
+# DLRM's own flavors, plus a compact one for data sets of ~100k rows (MovieLens 100K).
+DLRM_FLAVORS = {**dlrm.FLAVORS, "compact": dlrm.DLRMFlavor(8, (32, 8), (64, 32, 1))}
+
 MODELS: dict[str, ModelSpec] = {
-    "dlrm": ModelSpec(_dlrm_family(dlrm.build_dlrm), dlrm.FLAVORS),
+    "dlrm": ModelSpec(_dlrm_family(dlrm.build_dlrm), DLRM_FLAVORS),
     "dlrm_dcn": ModelSpec(_dlrm_family(dlrm_dcn.build_dlrm_dcn), dlrm_dcn.FLAVORS),
     "deepfm": ModelSpec(deepfm.build_deepfm, deepfm.FLAVORS),
     "dcn": ModelSpec(dcn.build_dcn, dcn.DCN_FLAVORS),

@@ -15,6 +15,7 @@ from torchrec.modules.crossnet import CrossNet, LowRankMixtureCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from configs.errors import UserError
 from configs.loader import PRESET_DIR, load_config
 from configs.tree import ModelConfig
 from data_pipeline.convert_movielens import GENRES, convert_movielens
@@ -50,6 +51,27 @@ def materialize_like_dmp(model: nn.Module) -> nn.Module:
     return model
 
 
+def fake_movielens(root: Path) -> Path:
+    """A three-user MovieLens 100K folder in GroupLens's format."""
+    root.mkdir()
+    (root / "u.occupation").write_text("technician\nwriter\n")
+    (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|writer|94043\n3|23|M|writer|32067\n")
+    flags = ["0"] * len(GENRES)
+    item = lambda i, year, g: "|".join([str(i), f"Movie {i}", f"01-Jan-{year}", "", "http://x",  # noqa: E731
+                                         *[("1" if k in g else f) for k, f in enumerate(flags)]])
+    (root / "u.item").write_text("\n".join([item(1, 1995, {3, 4}), item(2, 1994, {1})]) + "\n")
+    (root / "u.data").write_text("1\t1\t5\t874965758\n2\t2\t3\t876893171\n3\t1\t4\t878542960\n"
+                                 "1\t2\t2\t876893119\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def movielens_schema(tmp_path_factory):
+    """The schema `shardrec convert movielens` writes (from a three-user folder)."""
+    root = tmp_path_factory.mktemp("movielens")
+    return convert_movielens(fake_movielens(root / "raw"), root / "out", split=(0.5, 0.25, 0.25))
+
+
 def test_torchrec_crossnets_need_the_reset_parameters_fix():
     # TorchRec's crossnets initialise in __init__ only: after DMP they would hold garbage.
     with torch.device(META):
@@ -61,9 +83,11 @@ def test_torchrec_crossnets_need_the_reset_parameters_fix():
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_flavor_builds_on_meta_with_tables_dmp_can_shard(name):
+def test_every_flavor_builds_on_meta_with_tables_dmp_can_shard(name, movielens_schema):
     for flavor in MODELS[name].flavors:
-        model = build_model(mlperf_schema(), ModelConfig(name, flavor), META)
+        # A flavor named after a data set names that data set's features (Wide&Deep crosses).
+        schema = movielens_schema if flavor == "movielens" else mlperf_schema()
+        model = build_model(schema, ModelConfig(name, flavor), META)
         assert all(p.is_meta for p in model.parameters())
         tables = [c for ebc in ebcs(model) for c in ebc.embedding_bag_configs()]
         names = [t.name for t in tables]
@@ -92,6 +116,12 @@ def test_every_model_documents_its_paper_and_shapes():
         assert "(B, 1)" in module.__doc__ and re.search(r"(19|20)\d\d", module.__doc__), name
 
 
+def test_wide_deep_cross_pairs_must_name_the_data_sets_features(movielens_schema):
+    flavor = dataclasses.replace(wide_deep.FLAVORS["debug"], cross_pairs=(("user_id", "C1"),))
+    with pytest.raises(UserError, match=r"no sparse feature \['C1'\]"):
+        wide_deep.build_wide_deep(movielens_schema, flavor, META)
+
+
 def test_mlperf_dlrm_dcn_parameter_count_matches_the_reference_by_hand():
     model = build_model(mlperf_schema(), ModelConfig("dlrm_dcn", "mlperf"), META)
     dim, dense_in, num_tables, rank = 128, 13, 26, 512
@@ -106,24 +136,8 @@ def test_mlperf_dlrm_dcn_parameter_count_matches_the_reference_by_hand():
     assert embeddings + bottom + cross + top == 26_151_671_809  # about 104.6 GB in fp32
 
 
-def fake_movielens(root: Path) -> Path:
-    """A three-user MovieLens 100K folder in GroupLens's format."""
-    root.mkdir()
-    (root / "u.occupation").write_text("technician\nwriter\n")
-    (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|writer|94043\n3|23|M|writer|32067\n")
-    flags = ["0"] * len(GENRES)
-    item = lambda i, year, g: "|".join([str(i), f"Movie {i}", f"01-Jan-{year}", "", "http://x",  # noqa: E731
-                                         *[("1" if k in g else f) for k, f in enumerate(flags)]])
-    (root / "u.item").write_text("\n".join([item(1, 1995, {3, 4}), item(2, 1994, {1})]) + "\n")
-    (root / "u.data").write_text("1\t1\t5\t874965758\n2\t2\t3\t876893171\n3\t1\t4\t878542960\n"
-                                 "1\t2\t2\t876893119\n")
-    return root
-
-
-def test_every_model_has_presets_that_load_and_build(tmp_path):
-    schemas = {"movielens": convert_movielens(fake_movielens(tmp_path / "ml"), tmp_path / "ml_out",
-                                              split=(0.5, 0.25, 0.25)),
-               "criteo": mlperf_schema()}
+def test_every_model_has_presets_that_load_and_build(movielens_schema):
+    schemas = {"movielens": movielens_schema, "criteo": mlperf_schema()}
     presets = sorted(PRESET_DIR.glob("*_movielens.yaml")) + sorted(PRESET_DIR.glob("*_criteo.yaml"))
     assert {p.stem for p in presets} == {f"{m}_{d}" for m in MODELS for d in schemas}
     for path in presets:
