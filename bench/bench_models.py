@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", default=MOVIELENS, help="MovieLens 100K folder (GroupLens ml-100k)")
     parser.add_argument("--data", default="/tmp/demo_zoo", help="synthetic data folder (--synthetic)")
     parser.add_argument("--rows", type=int, default=1_250_000, help="rows to generate if --data is absent")
+    parser.add_argument("--keep", action="store_true", help="keep the converted data and run folders")
     args, overrides = parser.parse_known_args(argv)
     quiet()
 
@@ -127,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         data = str(work / "movielens")
         convert_movielens(args.input, data, seed=0, split=(0.8, 0.1, 0.1))
         preset = "movielens"
-    print(f"data: {data}; presets configs/<model>_{preset}.yaml; runs in {work}", file=sys.stderr)
+    print(f"data: {data}; presets configs/<model>_{preset}.yaml; runs in {work}"
+          + ("" if args.keep else " (deleted at the end; --keep keeps them)"), file=sys.stderr)
 
-    results = {name: train(name, preset, data, work / "runs", overrides) for name in names}
+    try:
+        results = {name: train(name, preset, data, work / "runs", overrides) for name in names}
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     table, ok = synthetic_table(results) if args.synthetic else movielens_table(results)
     print(table)
     return 0 if ok else 1

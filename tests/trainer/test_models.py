@@ -107,7 +107,7 @@ def test_cin_equals_explicit_outer_products(split_half):
     x0 = torch.randn(2, m, dim)
     prev, pooled = x0, []
     for k, (h_k, conv) in enumerate(zip(layers, cin.convs)):
-        w = conv.weight[:, :, 0]  # (H_k, H_{k-1} m): channel i m + j is X^{k-1}_i * X^0_j
+        w = conv.weight  # (H_k, H_{k-1} m): channel i m + j is X^{k-1}_i * X^0_j
         xk = torch.zeros(2, h_k, dim)
         for h in range(h_k):
             for i in range(prev.shape[1]):
@@ -219,10 +219,9 @@ def test_fm_and_lr_baselines():
 def test_xdeepfm_is_linear_plus_cin_plus_dnn():
     model = build("xdeepfm")
     dense, kjt = random_batch(SCHEMA)
-    x0 = torch.cat([sparse_fields(model.embeddings.embedding_bag_collection, kjt, mean=False),
-                    dense[:, :, None] * model.dense_fields.weight], 1)
+    x0 = sparse_fields(model.embeddings.embedding_bag_collection, kjt, mean=False)
     expected = (linear_reference(model.linear, dense, kjt) + model.cin_head(model.cin(x0))
-                + model.dnn(x0.flatten(1)))
+                + model.dnn(torch.cat([x0.flatten(1), dense], 1)))
     torch.testing.assert_close(model(dense, kjt), expected, rtol=1e-5, atol=1e-5)
 
 

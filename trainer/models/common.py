@@ -75,7 +75,7 @@ class DenseFieldEmbedding(nn.Module):
     """Each dense feature j as a field with latent vector v_j, scaled by its value.
 
     This is how FM (Rendle 2010) and DeepFM treat a real-valued feature: it interacts through
-    x_j * v_j. forward(dense (B, D)) -> (B, D, E); D = 0 gives (B, 0, E).
+    x_j * v_j. forward(dense (B, D)) -> (B, D, E).
     """
 
     def __init__(self, num_dense: int, dim: int, device: torch.device | None = None):
@@ -84,8 +84,8 @@ class DenseFieldEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Same scale as the embedding tables' default init (uniform over +-1/sqrt(rows)) would
-        # be meaningless here; a small normal keeps x_j * v_j comparable to an embedding.
+        # The tables' default init (uniform +-1/sqrt(rows)) has no analogue for one vector per
+        # feature; a small normal keeps x_j * v_j on the scale of an embedding.
         nn.init.normal_(self.weight, std=0.01)
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:

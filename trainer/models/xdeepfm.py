@@ -1,17 +1,20 @@
 """xDeepFM (Lian et al. 2018, "xDeepFM: Combining Explicit and Implicit Feature Interactions
 for Recommender Systems", KDD, arXiv:1803.05170).
 
-    fields X0 = stack(e_1 .. e_F, x_1 v_1 .. x_D v_D)                      (B, m = F + D, E)
+    fields X0 = stack(e_1 .. e_F)                                          (B, m = F, E)
     CIN layer k: X^k_h = sum_{i, j} W^{k,h}_{ij} (X^{k-1}_i * X^0_j)       (B, H_k, E)
                  p^k_h = sum_e X^k_{h,e}  (sum pooling)                    (B, H_k)
     split-half:  for k < T, half of X^k feeds layer k+1, the other half goes to the output
-    logits = w0 + sum_f w_f(id_f) + <w, x>      linear (EBC lin_<f>, dim 1)    (B, 1)
+    logits = w0 + sum_f w_f(id_f) + <w, x>      linear (EBC lin_<f>)           (B, 1)
            + w_cin^T [p^1 .. p^T]                                              (B, 1)
-           + MLP(flatten(X0))                   ReLU layers, linear output     (B, 1)
+           + MLP([flatten(X0), x])              ReLU layers, linear output     (B, 1)
 
-The CIN weight W^{k} is a 1x1 convolution over the H_{k-1} m outer-product channels, as in
-the authors' code; no bias and no activation, as in the paper's formula. Multi-hot fields sum
-their ids' embeddings (the paper's multivalent fields); a dense feature is a field x_j v_j.
+The CIN weight W^k, a 1x1 convolution over the H_{k-1} m outer-product channels in the
+authors' code, is the same contraction as a bias-free linear layer over those channels
+(one GEMM); no activation, as in the paper's formula. Multi-hot fields sum their ids'
+embeddings (the paper's multivalent fields). The CIN runs over the categorical fields and
+dense features enter the linear and DNN parts, as in common implementations (DeepCTR): the
+CIN's cost grows with m^2, and 13 more fields would double it on Criteo.
 """
 
 from __future__ import annotations
@@ -24,13 +27,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.schema import DatasetSchema
-from trainer.models.common import (
-    FeatureLinear,
-    all_fields,
-    dense_fields,
-    field_embeddings,
-    mlp_tower,
-)
+from trainer.models.common import FeatureLinear, field_embeddings, mlp_tower
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ class CIN(nn.Module):
             last = k == len(layers) - 1
             if split_half and not last and h % 2:
                 raise ValueError(f"CIN with split_half needs even layer sizes but the last; got {layers}")
-            self.convs.append(nn.Conv1d(prev * num_fields, h, kernel_size=1, bias=False, device=device))
+            self.convs.append(nn.Linear(prev * num_fields, h, bias=False, device=device))
             prev = h // 2 if split_half and not last else h
             out += h - h // 2 if split_half and not last else h
         self.out_features = out
@@ -75,9 +72,9 @@ class CIN(nn.Module):
         batch, _, dim = x0.shape
         xk, pooled = x0, []
         for k, conv in enumerate(self.convs):
-            # All H_{k-1} x m Hadamard products, as channels of a length-E sequence.
-            z = torch.einsum("bhe,bme->bhme", xk, x0).reshape(batch, -1, dim)  # (B, H_{k-1} m, E)
-            xk = conv(z)  # (B, H_k, E)
+            # All H_{k-1} x m Hadamard products: channel i m + j is X^{k-1}_i * X^0_j.
+            z = torch.einsum("bhe,bme->behm", xk, x0).reshape(batch, dim, -1)  # (B, E, H_{k-1} m)
+            xk = conv(z).transpose(1, 2)  # (B, H_k, E)
             if self.split_half and k < len(self.convs) - 1:
                 half = self.layers[k] // 2
                 xk, direct = xk[:, :half], xk[:, half:]
@@ -93,17 +90,17 @@ class XDeepFM(nn.Module):
     def __init__(self, schema: DatasetSchema, flavor: XDeepFMFlavor, device: torch.device | None = None):
         super().__init__()
         dim = flavor.embedding_dim
-        num_fields = len(schema.sparse) + len(schema.dense)
+        num_fields = len(schema.sparse)
         self.linear = FeatureLinear(schema, device)
         self.embeddings = field_embeddings(schema, dim, device, PoolingType.SUM)
-        self.dense_fields = dense_fields(schema, dim, device)
         self.cin = CIN(num_fields, flavor.cin, flavor.split_half, device)
         self.cin_head = nn.Linear(self.cin.out_features, 1, bias=False, device=device)
-        self.dnn = mlp_tower(num_fields * dim, flavor.dnn, device)
+        self.dnn = mlp_tower(num_fields * dim + len(schema.dense), flavor.dnn, device)
 
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        x0 = all_fields(self.embeddings(kjt), dense, self.dense_fields)  # (B, m, E)
-        return self.linear(dense, kjt) + self.cin_head(self.cin(x0)) + self.dnn(x0.flatten(1))
+        x0 = self.embeddings(kjt)  # (B, m, E)
+        deep_in = torch.cat([x0.flatten(1), dense], dim=1)
+        return self.linear(dense, kjt) + self.cin_head(self.cin(x0)) + self.dnn(deep_in)
 
 
 def build_xdeepfm(schema: DatasetSchema, flavor: XDeepFMFlavor, device: torch.device) -> XDeepFM:
