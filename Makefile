@@ -36,7 +36,7 @@ $(DEMO_DATA)/schema.json: | $(STAMP)
 	$(BIN)/shardrec synth --out $(DEMO_DATA) --rows $(DEMO_ROWS) --preset demo --overwrite
 
 demo: $(STAMP) $(DEMO_DATA)/schema.json
-	$(BIN)/shardrec train --config configs/demo.yaml --run-dir runs/demo
+	$(BIN)/shardrec train --config configs/demo.yaml --run-dir runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

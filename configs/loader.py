@@ -2,8 +2,9 @@
 
     cfg = load_config("configs/tiny.yaml", ["--train.batch_size=256", "--model.flavor=debug"])
 
-An unknown key or a value of the wrong type raises `UserError` naming the dotted key, the
-value and what is allowed (with a "did you mean" hint for typos).
+An unknown key, a value of the wrong type or out of its range (`configs.tree.Range`), or an
+empty config file raises `UserError` naming the dotted key, the value and what is allowed
+(with a "did you mean" hint for typos).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from configs.errors import UserError
-from configs.tree import Config
+from configs.tree import Config, Range
 
 PRESET_DIR = Path(__file__).resolve().parent
 
@@ -45,9 +46,13 @@ def load_config(path_or_preset: str | None, overrides: list[str] = ()) -> Config
     if path_or_preset is not None:
         path = resolve_config_path(path_or_preset)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise UserError(f"config file '{path}' is not valid YAML: {e}") from None
+        if raw is None:
+            # An empty file is far more likely a wrong path or a lost edit than a wish for defaults.
+            raise UserError(f"config file '{path}' is empty; it must hold a mapping of sections "
+                            f"(dataset:, model:, train:, ...), e.g. a copy of configs/tiny.yaml")
         if not isinstance(raw, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
@@ -93,7 +98,7 @@ def build(cls: type, raw: dict, prefix: str) -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
     if not isinstance(raw, dict):
         raise UserError(f"config key '{prefix.rstrip('.')}' must be a section (a mapping), got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -110,7 +115,15 @@ def build(cls: type, raw: dict, prefix: str) -> Any:
 
 
 def coerce(tp: Any, value: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; convert ints to floats and text to str."""
+    """Check `value` against the annotation `tp` (and its Range); convert ints to floats and
+    text to str."""
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        value = coerce(base, value, key)
+        for rule in extras:
+            if isinstance(rule, Range) and not rule.allows(value):
+                raise UserError(f"config key '{key}' must be {rule}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, _Raw):
             raise UserError(f"config key '{key}' is a section; set one of its keys (--{key}.<key>=...)")

@@ -56,6 +56,9 @@ def field_comments(module=tree) -> dict[str, dict[str, str]]:
 
 def _type_text(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        return " ".join([_type_text(base), *(f"({rule})" for rule in extras)])
     if origin is Literal:
         return "one of " + ", ".join(f"`{v}`" for v in typing.get_args(tp))
     if origin in (list, dict):
@@ -82,7 +85,7 @@ def _cell(text: str) -> str:
 
 
 def _section(cls: type, prefix: str, title: str, comments: dict, missing: list[str], nested: list) -> str:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     rows = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]

@@ -9,7 +9,44 @@ checks every key and type. Each component receives only its own section: the rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed interval of a numeric key, checked at load (`Annotated[int, AtLeast(1)]`)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: the key must be > low (not >= low)
+
+    def allows(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"<= {self.high:g}")
+        return " and ".join(parts)
+
+
+def AtLeast(low: float) -> Range:  # noqa: N802 - reads as a type annotation
+    return Range(low=low)
+
+
+def Positive() -> Range:  # noqa: N802
+    return Range(low=0, low_open=True)
+
+
+# Shorthands for the annotations below.
+PosInt = Annotated[int, Positive()]
+PosFloat = Annotated[float, Positive()]
+Count = Annotated[int, AtLeast(0)]  # 0 usually means "off" or "all"
+NonNegFloat = Annotated[float, AtLeast(0)]
 
 
 @dataclass
@@ -25,9 +62,13 @@ class DatasetConfig:
     # `ray_data`, Ray Data's reader with one shard per worker (only under `shardrec ray`).
     source: Literal["parquet", "ray_data"] = "parquet"
     # Decoded batches kept ready by the background reader thread (0 = read inline).
-    prefetch_batches: int = 4
+    prefetch_batches: Count = 4
     # Rows mixed in a shuffle buffer before batching (0 = read in file order).
-    shuffle_buffer: int = 0
+    shuffle_buffer: Count = 0
+    # A NaN, inf or null dense value: `error` stops the run naming the file, row group, row
+    # and column; `zero` trains on 0 in its place (with a warning per block). Sparse ids
+    # outside their table and bad labels always stop the run.
+    on_bad_dense: Literal["error", "zero"] = "error"
 
 
 @dataclass
@@ -51,10 +92,10 @@ class TableConstraints:
     # fused_uvm (table in host memory) or fused_uvm_caching (host memory + a GPU cache).
     compute_kernels: list[str] = field(default_factory=list)
     # With fused_uvm_caching: the fraction of the table's rows the GPU cache holds (0 = planner's choice).
-    cache_load_factor: float = 0.0
+    cache_load_factor: Annotated[float, Range(0, 1)] = 0.0
     # Width of the column shards of column_wise / table_column_wise sharding (0 = TorchRec's
     # default of 128 columns; a multiple of 4, as FBGEMM's kernels require).
-    min_partition: int = 0
+    min_partition: Count = 0
 
 
 @dataclass
@@ -64,9 +105,9 @@ class EmbeddingsConfig:
     # Fused FBGEMM optimizer applied to the embedding tables inside the backward pass.
     optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = "rowwise_adagrad"
     # Learning rate of the fused embedding optimizer.
-    lr: float = 0.05
+    lr: PosFloat = 0.05
     # Epsilon of the Adagrad-type embedding optimizers.
-    eps: float = 1e-8
+    eps: PosFloat = 1e-8
     # Storage type of the table weights: fp16 halves their memory (FBGEMM updates them with
     # stochastic rounding); the optimizer state stays fp32.
     weights_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -86,20 +127,20 @@ class OptimizerConfig:
     # Optimizer of the dense parameters.
     name: Literal["sgd", "adagrad", "adam"] = "adagrad"
     # Learning rate of the dense optimizer.
-    lr: float = 0.01
+    lr: PosFloat = 0.01
     # L2 weight decay of the dense optimizer.
-    weight_decay: float = 0.0
+    weight_decay: NonNegFloat = 0.0
     # Learning-rate schedule of both the dense and the embedding optimizer, as in the MLPerf
     # DLRM reference: linear warmup from 0 over `warmup_steps`, constant, then polynomial
     # decay to 0 over `decay_steps` starting at `decay_start_step` (0 steps = no warmup /
     # no decay).
-    warmup_steps: int = 0
+    warmup_steps: Count = 0
     # Step at which the polynomial decay starts.
-    decay_start_step: int = 0
+    decay_start_step: Count = 0
     # Length of the decay; the learning rate is 0 after decay_start_step + decay_steps.
-    decay_steps: int = 0
+    decay_steps: Count = 0
     # Exponent of the polynomial decay (the reference uses 2).
-    decay_power: float = 2.0
+    decay_power: PosFloat = 2.0
 
 
 @dataclass
@@ -107,18 +148,18 @@ class TrainConfig:
     """The training loop."""
 
     # Rows per step on each rank.
-    batch_size: int = 2048
+    batch_size: PosInt = 2048
     # Rows per step over all ranks; when set (> 0) it wins over batch_size, which becomes
     # global_batch_size / world size (it must divide evenly).
-    global_batch_size: int = 0
+    global_batch_size: Count = 0
     # Passes over the training split.
-    epochs: int = 1
+    epochs: PosInt = 1
     # Stop after this many steps (0 = run all epochs).
-    max_steps: int = 0
+    max_steps: Count = 0
     # Seed of model initialisation and data shuffling.
-    seed: int = 0
+    seed: Count = 0
     # Write a metrics.jsonl line (and a log line when stdout is not a terminal) every N steps.
-    log_every: int = 50
+    log_every: PosInt = 50
     # `sparse_dist`: TorchRec's TrainPipelineSparseDist (overlaps input distribution with
     # compute); `base`: the plain one-batch-at-a-time pipeline.
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
@@ -127,7 +168,7 @@ class TrainConfig:
     # it needs loss scaling, which TorchRec's train pipelines do not apply.
     precision: Literal["fp32", "bf16"] = "fp32"
     # Intra-op CPU threads for torch (0 = all cores).
-    num_threads: int = 0
+    num_threads: Count = 0
     # Show a progress bar when stderr is a terminal.
     progress: bool = True
 
@@ -139,12 +180,12 @@ class EvalConfig:
     # Split scored at the end of training (and by `shardrec eval`).
     split: str = "test"
     # Rows per evaluation batch on each rank.
-    batch_size: int = 8192
+    batch_size: PosInt = 8192
     # Evaluate at most this many batches (0 = the whole split).
-    max_batches: int = 0
+    max_batches: Count = 0
     # Also score `validation_split` every N training steps (0 = only at the end): the AUC
     # curve in TensorBoard, metrics.jsonl and `shardrec report`.
-    every_steps: int = 0
+    every_steps: Count = 0
     # Split scored during training.
     validation_split: str = "valid"
 
@@ -156,11 +197,12 @@ class CheckpointConfig:
     # Save a checkpoint when training ends.
     save_final: bool = True
     # Also save every N steps (0 = only at the end).
-    every_steps: int = 0
-    # Keep at most this many checkpoints (oldest are deleted first).
-    keep: int = 2
-    # Continue a run: "latest" (the newest checkpoint of run_dir) or a checkpoint folder;
-    # "" starts afresh. Resuming needs the world size the checkpoint was written with.
+    every_steps: Count = 0
+    # Keep at most this many checkpoints (oldest are deleted first; 0 = keep all).
+    keep: Count = 2
+    # Continue a run: "latest" (the newest complete checkpoint of run_dir) or a checkpoint
+    # folder; "" starts afresh. Resuming needs the model, flavor, data set, world size and
+    # global batch size the checkpoint was written with (each is checked, naming the key).
     resume: str = ""
 
 
@@ -169,9 +211,9 @@ class RayConfig:
     """Ray Train settings used by `shardrec ray`."""
 
     # Number of Ray Train workers (ranks).
-    num_workers: int = 2
+    num_workers: PosInt = 2
     # CPUs each worker asks Ray for (fractions leave room for Ray Data readers).
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: PosFloat = 1.0
     # Give each worker one GPU.
     use_gpu: bool = False
 
@@ -182,6 +224,9 @@ class Config:
 
     # Output folder of the run (default: runs/<model>-<timestamp>).
     run_dir: str = ""
+    # A fresh run into a run_dir that holds an earlier run's checkpoints or summary.json
+    # removes them (true) instead of refusing to start (false). `--overwrite` on the CLI.
+    overwrite: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)

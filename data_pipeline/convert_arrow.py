@@ -42,6 +42,7 @@ class Block:
 
     def __init__(self, table: pa.Table | pa.RecordBatch, schema: DatasetSchema):
         self.schema, self.n = schema, table.num_rows
+        self.source = ""  # where the rows came from (set by the reader, for error messages)
         self.labels = _numpy(table.column(schema.label), np.float32)
         self.dense = np.empty((self.n, len(schema.dense)), np.float32)
         for j, name in enumerate(schema.dense):

@@ -14,6 +14,7 @@ import importlib.util
 import multiprocessing
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from configs.errors import UserError
+from data_pipeline.schema import SCHEMA_FILE
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,6 +51,21 @@ def parse_split(text: str | tuple | list) -> tuple[float, float, float]:
     return tuple(v / total for v in values)  # type: ignore[return-value]
 
 
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """A data set may be written to `out` when it does not exist, or with `overwrite` when it
+    is an empty folder or a shardrec data set (it has schema.json): --overwrite never deletes
+    a folder of something else (a typo'd `--out .` or `--out ~`)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise UserError(f"output folder '{out}' already exists (pass --overwrite to replace it)")
+    if not out.is_dir() or out.is_symlink():
+        raise UserError(f"--overwrite: '{out}' is not a folder; remove it yourself if it should go")
+    if any(out.iterdir()) and not (out / SCHEMA_FILE).is_file():
+        raise UserError(f"--overwrite: '{out}' is neither empty nor a shardrec data set (no {SCHEMA_FILE}); "
+                        "refusing to delete it. Remove it yourself or choose another --out")
+
+
 @contextmanager
 def staging(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     """Yield an empty temporary folder next to `out`; on a clean exit it replaces `out`.
@@ -57,8 +74,7 @@ def staging(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     existing `out` is left as it was.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder '{out}' already exists (pass --overwrite to replace it)")
+    check_output_folder(out, overwrite)
     if not out.parent.is_dir():
         raise UserError(f"the parent folder of '{out}' does not exist")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -140,7 +156,16 @@ def iter_chunks(path: str | os.PathLike, first: int, last: int | None, gz: bool,
                 chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int, bytes]]:
     """Yield (chunk index, byte offset, bytes of whole lines) for chunks first..last-1 (last
     None: to the end of the file). A line longer than a chunk leaves the next chunks empty
-    (they are not yielded)."""
+    (they are not yielded). A truncated or corrupt compressed input is a UserError naming
+    the file."""
+    try:
+        yield from _chunks(path, first, last, gz, chunk_bytes)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{path}: truncated or corrupt gzip input ({type(e).__name__}: {e}); "
+                        "re-download or re-compress it") from None
+
+
+def _chunks(path, first: int, last: int | None, gz: bool, chunk_bytes: int) -> Iterator[tuple[int, int, bytes]]:
     with open_input(path, gz) as f:
         if first:
             f.seek(first * chunk_bytes - 1)

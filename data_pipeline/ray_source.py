@@ -16,6 +16,7 @@ from configs.errors import UserError
 from data_pipeline.convert_arrow import arrow_to_batch
 from data_pipeline.reader import EpochPosition
 from data_pipeline.schema import DatasetSchema
+from data_pipeline.validate import Origin, check_table
 
 
 class RayDataReader(EpochPosition):
@@ -27,10 +28,10 @@ class RayDataReader(EpochPosition):
     """
 
     def __init__(self, shard, schema: DatasetSchema, split: str, batch_size: int, world_size: int,
-                 prefetch_batches: int = 4):
+                 prefetch_batches: int = 4, on_bad_dense: str = "error"):
         rows = schema.splits.get(split, 0)
         self.shard, self.schema, self.batch_size = shard, schema, batch_size
-        self.prefetch_batches = prefetch_batches
+        self.prefetch_batches, self.on_bad_dense, self.split = prefetch_batches, on_bad_dense, split
         self.num_batches = self.max_batches_any_rank = rows // world_size // batch_size
         if self.num_batches == 0:
             raise UserError(f"split '{split}' has {rows} rows: fewer than one batch of {batch_size} "
@@ -43,4 +44,6 @@ class RayDataReader(EpochPosition):
             if i >= self.num_batches:
                 return
             if i >= self._start_batch:
-                yield arrow_to_batch(table, self.schema)
+                # Ray Data does not say which file a batch came from: name the batch instead.
+                origin = Origin(f"Ray Data shard of split '{self.split}', batch {i} of epoch {self.epoch}")
+                yield arrow_to_batch(check_table(table, self.schema, origin, self.on_bad_dense), self.schema)

@@ -15,6 +15,12 @@ Speed: a row group (or a shuffle window) is turned into numpy columns once
 one copy of the ids, whatever the number of columns. With `pin_memory=True` (CUDA only)
 batches are pinned in the prefetch thread, so the copy to the GPU can be asynchronous.
 
+Trust: every row group is checked as it is decoded (data_pipeline/validate.py): a sparse id
+outside its table, a null id, a non-finite dense value or a bad label stops the run with a
+`BadDataError` naming the file, row group, row, column and value; so does a row group that
+cannot be decoded (a corrupt page). `describe_batch(k)` names the row groups batch k of the
+epoch came from, so a non-finite loss can be traced to its input.
+
 Position: `state_dict()` after k batches of an epoch is {"epoch", "batches"}; a new
 reader given it with `load_state_dict` resumes at batch k + 1 exactly, skipping whole row
 groups by their metadata row counts instead of decoding them.
@@ -22,6 +28,7 @@ groups by their metadata row counts instead of decoding them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,11 @@ from configs.errors import UserError
 from data_pipeline.convert_arrow import Block, batch_of
 from data_pipeline.prefetch import prefetch
 from data_pipeline.schema import DatasetSchema, check_file_schema, split_files
+from data_pipeline.validate import BadDataError, Origin, check_table
+
+# Batches whose source describe_batch() remembers: more than the prefetch queue plus the
+# batches a train pipeline keeps in flight.
+_REMEMBERED_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class RowGroup:
     file: Path
     index: int
     rows: int
+
+    def __str__(self) -> str:
+        return f"{self.file} row group {self.index}"
 
 
 def list_row_groups(files: list[Path], schema: DatasetSchema) -> list[RowGroup]:
@@ -101,13 +116,17 @@ class ShardReader(EpochPosition):
 
     def __init__(self, dataset_dir: str | Path, split: str, schema: DatasetSchema, batch_size: int,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, prefetch_batches: int = 4,
-                 shuffle_buffer: int = 0, seed: int = 0, pin_memory: bool = False):
-        if batch_size <= 0:
+                 shuffle_buffer: int = 0, seed: int = 0, pin_memory: bool = False,
+                 on_bad_dense: str = "error", validate: bool = True):
+        if batch_size <= 0:  # the config loader checks the keys; this guards direct use
             raise UserError(f"batch size must be positive, got {batch_size}")
         if pin_memory and not torch.cuda.is_available():
             raise UserError("pin_memory needs CUDA (it speeds up copies to a GPU); this machine has none")
         self.schema, self.batch_size, self.drop_last = schema, batch_size, drop_last
         self.prefetch_batches, self.seed, self.pin_memory = prefetch_batches, seed, pin_memory
+        # validate=False exists for bench/bench_data.py, which measures what the checks cost.
+        self.on_bad_dense, self.validate = on_bad_dense, validate
+        self._sources: OrderedDict[int, str] = OrderedDict()
         # A shuffle window is a whole number of batches so positions stay batch-aligned.
         self.window = -(-shuffle_buffer // batch_size) * batch_size if shuffle_buffer > 0 else 0
         self.columns = schema.arrow_schema().names
@@ -134,32 +153,48 @@ class ShardReader(EpochPosition):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.groups))
         return [self.groups[i] for i in order]
 
-    def _tables(self, groups: list[RowGroup], skip_rows: int) -> Iterator[pa.Table]:
-        """Row groups in order, starting `skip_rows` rows in (skipped by metadata)."""
+    def _read(self, handles: dict[Path, pq.ParquetFile], g: RowGroup) -> pa.Table:
+        """Decode and check one row group; any failure names the file and row group."""
+        try:
+            pf = handles.get(g.file) or handles.setdefault(g.file, pq.ParquetFile(g.file))
+            table = pf.read_row_group(g.index, columns=self.columns)
+        except (OSError, pa.ArrowException) as e:
+            raise BadDataError(f"{g}: cannot be decoded, the file is corrupt or truncated ({e})") from None
+        if table.num_rows != g.rows:
+            raise BadDataError(f"{g}: decoded {table.num_rows} rows, its metadata says {g.rows}")
+        if self.validate:
+            table = check_table(table, self.schema, Origin(str(g.file), g.index), self.on_bad_dense)
+        return table
+
+    def _tables(self, groups: list[RowGroup], skip_rows: int) -> Iterator[tuple[pa.Table, RowGroup]]:
+        """(table, its row group) in order, starting `skip_rows` rows in (skipped by metadata)."""
         handles: dict[Path, pq.ParquetFile] = {}
         for g in groups:
             if skip_rows >= g.rows:
                 skip_rows -= g.rows
                 continue
-            pf = handles.get(g.file) or handles.setdefault(g.file, pq.ParquetFile(g.file))
-            table = pf.read_row_group(g.index, columns=self.columns)
-            yield table.slice(skip_rows) if skip_rows else table
+            table = self._read(handles, g)
+            yield (table.slice(skip_rows) if skip_rows else table), g
             skip_rows = 0
 
-    def _windows(self, skip_rows: int) -> Iterator[pa.Table]:
-        """The epoch's rows cut into tables of exactly `window` rows (the last may be short)."""
+    def _windows(self, skip_rows: int) -> Iterator[tuple[pa.Table, str]]:
+        """The epoch's rows cut into tables of exactly `window` rows (the last may be short),
+        each with the row groups it holds rows of."""
         pending: list[pa.Table] = []
+        sources: list[str] = []
         pending_rows = 0
-        for table in self._tables(self._epoch_groups(), skip_rows):
+        for table, group in self._tables(self._epoch_groups(), skip_rows):
             pending.append(table)
+            sources.append(str(group))
             pending_rows += table.num_rows
             while pending_rows >= self.window:
                 merged = pa.concat_tables(pending)
-                yield merged.slice(0, self.window)
+                yield merged.slice(0, self.window), "; ".join(sources)
                 rest = merged.slice(self.window)
                 pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+                sources = sources[-1:] if rest.num_rows else []
         if pending_rows:
-            yield pa.concat_tables(pending)
+            yield pa.concat_tables(pending), "; ".join(sources)
 
     def _pieces(self) -> Iterator[list[tuple[Block, int, int]]]:
         """Per batch, the block rows it is made of: (block, start, stop) pieces, several only
@@ -169,17 +204,19 @@ class ShardReader(EpochPosition):
             # Rows are permuted within each window; windows are whole numbers of batches.
             first_window = start_rows // self.window
             skip = start_rows - first_window * self.window
-            for w, table in enumerate(self._windows(first_window * self.window), start=first_window):
+            for w, (table, source) in enumerate(self._windows(first_window * self.window), start=first_window):
                 perm = np.random.default_rng([self.seed, self.epoch, w]).permutation(table.num_rows)
                 block = Block(table.take(perm), self.schema)
+                block.source = f"shuffle window {w} of {source}"
                 for off in range(skip, block.n, bs):
                     yield [(block, off, min(off + bs, block.n))]
                 skip = 0
             return
         pending: list[tuple[Block, int, int]] = []
         pending_rows = 0
-        for table in self._tables(self._epoch_groups(), start_rows):
+        for table, group in self._tables(self._epoch_groups(), start_rows):
             block, a = Block(table, self.schema), 0
+            block.source = str(group)
             while a < block.n:
                 take = min(bs - pending_rows, block.n - a)
                 pending.append((block, a, a + take))
@@ -190,13 +227,22 @@ class ShardReader(EpochPosition):
         if pending:
             yield pending
 
+    def describe_batch(self, k: int) -> str:
+        """The row groups batch k (0-based) of the current epoch was cut from, while it is
+        among the last batches read; '' when it is not."""
+        return self._sources.get(k, "")
+
     def _batches(self) -> Iterator[Batch]:
         remaining = self.num_batches - self._start_batch
-        for pieces in self._pieces():
+        self._sources.clear()
+        for k, pieces in enumerate(self._pieces(), start=self._start_batch):
             if remaining <= 0:
                 return
             if self.drop_last and sum(b - a for _, a, b in pieces) < self.batch_size:
                 return
+            self._sources[k] = "; ".join(dict.fromkeys(blk.source for blk, _, _ in pieces))
+            while len(self._sources) > _REMEMBERED_BATCHES:
+                self._sources.popitem(last=False)
             batch = batch_of(pieces, self.schema)
             # Pinned in the prefetch thread, so the copy to the GPU can be asynchronous.
             yield batch.pin_memory() if self.pin_memory else batch

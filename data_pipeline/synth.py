@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from configs.errors import UserError
+from data_pipeline.convert_common import check_output_folder
 from data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
 from data_pipeline.teacher import Teacher
 
@@ -145,8 +146,7 @@ def generate(spec: SynthSpec, out: str | os.PathLike, overwrite: bool = False,
              progress=None) -> DatasetSchema:
     """Write the data set to `out` (via a temporary folder renamed at the end)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder '{out}' already exists (pass --overwrite to replace it)")
+    check_output_folder(out, overwrite)
     if len(spec.table_sizes) != len(spec.max_ids):
         raise UserError("table_sizes and max_ids must have one entry per sparse feature")
     if spec.rows < len(SPLITS):

@@ -14,6 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -63,7 +64,12 @@ class EmbeddingBagSharder(EmbeddingBagCollectionSharder):
 
 
 def fused_params(cfg: EmbeddingsConfig) -> dict:
-    params = {"optimizer": FUSED_OPTIMIZERS[cfg.optimizer], "learning_rate": cfg.lr}
+    # FATAL: an id outside its table raises instead of being clamped to row 0 with a log line
+    # (FBGEMM's default, WARNING). The reader refuses such ids first, naming the file and row;
+    # this is the second line for batches that come from elsewhere. It costs nothing extra:
+    # the bounds check runs in every mode but NONE.
+    params = {"optimizer": FUSED_OPTIMIZERS[cfg.optimizer], "learning_rate": cfg.lr,
+              "bounds_check_mode": BoundsCheckMode.FATAL}
     if cfg.optimizer != "sgd":
         params["eps"] = cfg.eps
     return params

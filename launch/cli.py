@@ -46,10 +46,22 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from configs.loader import load_config
     from trainer.loop import run
 
-    cfg = load_config(args.config, extra + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
+    cfg = load_config(args.config, extra + run_dir_overrides(args))
     summary = run(cfg)
     print_summary(summary)
     return 0
+
+
+def run_dir_overrides(args: argparse.Namespace) -> list[str]:
+    """--run-dir DIR and --overwrite as the config overrides they stand for."""
+    out = [f"--run_dir={args.run_dir}"] if args.run_dir else []
+    return out + (["--overwrite=true"] if getattr(args, "overwrite", False) else [])
+
+
+def add_run_dir_args(p: argparse.ArgumentParser, help_dir: str) -> None:
+    p.add_argument("--run-dir", default=None, help=help_dir)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's checkpoints and summary in the run folder instead of refusing")
 
 
 def cmd_ray(args: argparse.Namespace, extra: list[str]) -> int:
@@ -57,7 +69,7 @@ def cmd_ray(args: argparse.Namespace, extra: list[str]) -> int:
     from launch.ray_launcher import launch
 
     overrides = [f"--ray.num_workers={args.num_workers}"] if args.num_workers else []
-    cfg = load_config(args.config, extra + overrides + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
+    cfg = load_config(args.config, extra + overrides + run_dir_overrides(args))
     print_summary(launch(cfg))
     return 0
 
@@ -138,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (single process, or under torchrun / Ray)",
                        epilog="Any --section.key=value overrides the config, e.g. --train.batch_size=4096")
     t.add_argument("--config", required=True, help="YAML file or preset name (demo, tiny)")
-    t.add_argument("--run-dir", default=None, help="output folder (default runs/<model>-<time>)")
+    add_run_dir_args(t, "output folder (default runs/<model>-<time>)")
     t.set_defaults(fn=cmd_train)
 
     pl = sub.add_parser("plan", help="print the sharding plan and memory per rank, without training",
@@ -156,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
                        epilog="Any --section.key=value overrides the config, e.g. --dataset.source=ray_data")
     r.add_argument("--config", required=True, help="YAML file or preset name")
     r.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default ray.num_workers)")
-    r.add_argument("--run-dir", default=None, help="output folder, on storage every node sees")
+    add_run_dir_args(r, "output folder, on storage every node sees")
     r.set_defaults(fn=cmd_ray)
 
     e = sub.add_parser("eval", help="score a run's checkpoint on a split")

@@ -14,11 +14,11 @@ from configs.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.cli import _quiet, print_summary
+    from launch.cli import _quiet, add_run_dir_args, print_summary, run_dir_overrides
 
     p = argparse.ArgumentParser(prog="python -m launch.torchrun")
     p.add_argument("--config", required=True, help="YAML file or preset name")
-    p.add_argument("--run-dir", default=None)
+    add_run_dir_args(p, "output folder (default runs/<model>-<time>)")
     args, extra = p.parse_known_args(argv)
     _quiet()
     rank = int(os.environ.get("RANK", "0"))
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         from configs.loader import load_config
         from trainer.loop import run
 
-        cfg = load_config(args.config, extra + ([f"--run_dir={args.run_dir}"] if args.run_dir else []))
+        cfg = load_config(args.config, extra + run_dir_overrides(args))
         summary = run(cfg)
     except UserError as e:
         print(f"shardrec: error (rank {rank}): {e}", file=sys.stderr)

@@ -41,7 +41,7 @@ def test_every_config_field_is_documented():
 
 def test_reference_takes_descriptions_from_the_comments():
     text, _ = render()
-    assert "| `train.batch_size` | int | `2048` | Rows per step on each rank. |" in text
+    assert "| `train.batch_size` | int (&gt; 0) | `2048` | Rows per step on each rank. |" in text
     assert "`embeddings.tables.<name>.sharding_types`" in text
     assert "one of `sgd`, `adagrad`, `rowwise_adagrad`" in text
 

@@ -1,15 +1,29 @@
-"""Sharded checkpoints with torch.distributed.checkpoint (DCP).
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP), saved atomically, loaded strictly.
 
 A checkpoint is the folder RUN/checkpoints/step_<N>/ holding the model (each rank writes its
-own table shards), the combined optimizer (fused FBGEMM state included), the step, and per
-rank its RNG state and reader position. It is written to a hidden temporary folder and
-renamed when every rank has finished, so a crash during a save leaves the previous one.
+own table shards), the combined optimizer (fused FBGEMM state included), per rank its RNG
+state and reader position, and `shardrec.json`: the step, world size, batch sizes, the last
+loss and a fingerprint of model, flavor and data set schema.
+
+Saving: every rank writes into the hidden `.step_<N>.tmp/`; rank 0 adds shardrec.json and
+renames it into place (a step saved again is first moved aside to `.step_<N>.old`, so there
+is never a moment without a complete step_<N>). Leftover tmp/old folders of a crashed save
+are removed at the next save (the run folder's lock rules out a concurrent writer). Nothing
+non-finite is ever written. "Complete" means `.metadata` and shardrec.json both exist;
+`list_checkpoints` skips anything else with a warning.
+
+Loading: the fingerprint is compared first (an error names the settings that differ), then
+every key and shape of the model (and optimizer) against the checkpoint's metadata, and only
+then is anything read, through trainer/safe_dcp.py, which never runs code from the folder.
+
 Ranks hold different state-dict keys (a table-wise table lives on one rank), so nothing here
 runs a per-key collective; DCP's own planner coordinates the write.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,12 +31,26 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.tensor import DTensor
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from configs.errors import UserError
+from configs.tree import ModelConfig
+from data_pipeline.schema import DatasetSchema
+from trainer.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, read_metadata_file
+
+log = logging.getLogger(__name__)
 
 PREFIX = "step_"
+INFO_FILE = "shardrec.json"
+FORMAT, VERSION = "shardrec-checkpoint", 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _barrier() -> None:
@@ -30,50 +58,164 @@ def _barrier() -> None:
         dist.barrier()
 
 
+# ---------------------------------------------------------------------------------------
+# What a checkpoint is for: the fingerprint and the settings a resume must keep.
+
+def fingerprint(model: ModelConfig, schema: DatasetSchema) -> dict:
+    """What the weights are shaped by: model, flavor and the data set's features and table sizes."""
+    return {"model.name": model.name, "model.flavor": model.flavor, "dataset.label": schema.label,
+            "dataset.dense": list(schema.dense),
+            "dataset.sparse": {f.name: [f.num_embeddings, f.multi_hot] for f in schema.sparse}}
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    out = []
+    for key in now:
+        a, b = saved.get(key), now[key]
+        if a == b:
+            continue
+        if key == "dataset.sparse" and isinstance(a, dict):
+            changed = [f"{n} {a[n][0]} -> {b[n][0]}" for n in b if n in a and a[n] != b[n]][:5]
+            gone, new = sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5]
+            detail = "; ".join(filter(None, [
+                f"table sizes / multi-hot differ: {', '.join(changed)}" if changed else "",
+                f"features only in the checkpoint: {', '.join(gone)}" if gone else "",
+                f"features only in this data set: {', '.join(new)}" if new else ""]))
+            out.append(f"the data set's sparse features ({detail})")
+        else:
+            out.append(f"{key} (checkpoint: {a!r}, now: {b!r})")
+    return out
+
+
+def read_info(path: Path) -> dict:
+    """The checkpoint's shardrec.json, checked to be one."""
+    file = path / INFO_FILE
+    try:
+        info = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"'{path}' is not a complete shardrec checkpoint (no {INFO_FILE}: an interrupted "
+                        "save, or written by something else)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{file}: unreadable ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("fingerprint"), dict):
+        raise UserError(f"{file}: not a shardrec checkpoint description (format '{FORMAT}' expected)")
+    return info
+
+
+def check_fingerprint(path: Path, info: dict, expected: dict) -> None:
+    diffs = _differences(info["fingerprint"], expected)
+    if diffs:
+        raise UserError(f"checkpoint '{path}' was written for another model or data set: "
+                        + "; ".join(diffs) + ". Use the settings it was trained with, or another checkpoint")
+
+
+def check_resumable(path: Path, info: dict, world_size: int, global_batch_size: int) -> None:
+    """A saved position is a batch count per rank: it means the same rows only at the same
+    world size and global batch."""
+    if info.get("world_size") != world_size:
+        raise UserError(f"checkpoint '{path}' was written by {info.get('world_size')} ranks; resume it with "
+                        f"the same world size (this run has {world_size}); evaluation works at any size")
+    if info.get("global_batch_size") != global_batch_size:
+        raise UserError(f"config key 'train.batch_size' (or train.global_batch_size): checkpoint '{path}' was "
+                        f"trained with a global batch of {info.get('global_batch_size')} rows, this run has "
+                        f"{global_batch_size}; its data position would point at other rows. Resume with the "
+                        "same global batch size")
+
+
+# ---------------------------------------------------------------------------------------
+# The folder of checkpoints.
+
+def is_complete(path: Path) -> bool:
+    return (path / ".metadata").is_file() and (path / INFO_FILE).is_file()
+
+
 def list_checkpoints(root: Path) -> list[Path]:
-    """Completed checkpoints under root, oldest first."""
+    """Complete checkpoints under root, oldest first; incomplete step folders are skipped
+    with a warning."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)),
-                  key=lambda p: int(p.name[len(PREFIX):]))
+    found = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                    and p.name[len(PREFIX):].isdigit()), key=lambda p: int(p.name[len(PREFIX):]))
+    complete = [p for p in found if is_complete(p)]
+    for p in found:
+        if not is_complete(p):
+            log.warning("skipping incomplete checkpoint %s (no .metadata or %s)", p, INFO_FILE)
+    return complete
 
 
-def _state(model: torch.nn.Module, optimizer: Any | None, step: int, reader_state: dict) -> dict:
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _local_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, ShardedTensor):
+        return [s.tensor for s in value.local_shards()]
+    if isinstance(value, DTensor):
+        return [value.to_local()]
+    return [value] if isinstance(value, torch.Tensor) else []
+
+
+def first_nonfinite(state: dict) -> str | None:
+    """The first key of a (flat) model state dict whose local values hold a NaN or inf."""
+    for key, value in state.items():
+        for t in _local_tensors(value):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return key
+    return None
+
+
+def _state(model: torch.nn.Module, optimizer: Any | None, reader_state: dict | None) -> dict:
     """The DCP state dict; on load it is the template DCP fills in place, so its keys are fixed."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    state = {
-        "model": model.state_dict(),
-        "step": step,
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        # Per-rank entries carry the rank in their key: DCP keeps one copy of equal keys.
-        f"rank{rank}": {"rng": torch.get_rng_state(),
-                        "reader": {"epoch": 0, "batches": 0, **reader_state}},
-    }
+    # Per-rank entries carry the rank in their key: DCP keeps one copy of equal keys.
+    state: dict = {"model": model.state_dict()}
+    if reader_state is not None:
+        state[f"rank{_rank()}"] = {"rng": torch.get_rng_state(), "reader": {"epoch": 0, "batches": 0, **reader_state}}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     return state
 
 
+def _clean_leftovers(root: Path) -> None:
+    for p in root.glob(f".{PREFIX}*"):
+        if p.is_dir() and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: Any,
-                    reader_state: dict | None = None, keep: int = 0) -> Path:
-    rank = dist.get_rank() if dist.is_initialized() else 0
+                    reader_state: dict | None, info: dict, keep: int = 0) -> Path:
+    """Write step_<step> (see the module docstring); `info` goes into shardrec.json (with
+    the fingerprint, world size and global batch size). Keeps the newest `keep` (0 = all)."""
+    rank = _rank()
     final = root / f"{PREFIX}{step}"
-    tmp = root / f".{PREFIX}{step}.tmp"
+    tmp, old = root / f".{PREFIX}{step}.tmp", root / f".{PREFIX}{step}.old"
+    state = _state(model, optimizer, reader_state)
+    bad = first_nonfinite(state["model"])
+    if bad is not None:  # every rank checks its own shards; a rank that raises ends the job
+        raise UserError(f"not saving checkpoint step_{step}: parameter '{bad}' holds NaN or inf (training "
+                        "diverged); the previous checkpoints are kept")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _clean_leftovers(root)
     _barrier()
-    dcp.save(_state(model, optimizer, step, reader_state or {}), checkpoint_id=str(tmp))
+    dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
     if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)
+        payload = {"format": FORMAT, "version": VERSION, "step": step, **info}
+        (tmp / INFO_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        if final.exists():
+            final.rename(old)
         tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
         if keep > 0:
-            for old in list_checkpoints(root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            for stale in list_checkpoints(root)[:-keep]:
+                shutil.rmtree(stale, ignore_errors=True)
     _barrier()
     return final
 
+
+# ---------------------------------------------------------------------------------------
+# Loading.
 
 def _materialise_dense_state(optimizer: Any) -> None:
     """Create the dense optimizers' lazy state (Adam's moments and step) so that DCP, which
@@ -86,28 +228,51 @@ def _materialise_dense_state(optimizer: Any) -> None:
             opt.zero_grad(set_to_none=True)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any | None = None,
-                    for_resume: bool = False) -> dict:
-    """Load model (and optimizer) state in place; returns {"step", "reader", "rng"} of this rank.
+def _check_keys(path: Path, template: dict, prefixes: tuple[str, ...]) -> None:
+    """Every key and shape of the template must be in the checkpoint, and every checkpoint key
+    under `prefixes` in the template; otherwise a UserError lists the first offenders."""
+    saved = read_metadata_file(str(path / ".metadata")).state_dict_metadata
+    flat, _ = flatten_state_dict(template)
+    missing = [k for k in flat if k not in saved]
+    unexpected = [k for k in saved if k.startswith(prefixes) and k not in flat]
+    misshaped = []
+    for key, value in flat.items():
+        meta = saved.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(meta, TensorStorageMetadata):
+            if tuple(meta.size) != tuple(value.size()):
+                misshaped.append(f"{key} (checkpoint {tuple(meta.size)}, model {tuple(value.size())})")
+    if missing or unexpected or misshaped:
+        parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)} in all)"
+                 for name, keys in (("missing from the checkpoint", missing), ("unexpected in the checkpoint",
+                                    unexpected), ("of another shape", misshaped)) if keys]
+        raise UserError(f"checkpoint '{path}' does not match this model and optimizer; keys " + "; ".join(parts)
+                        + ". Check model.name, model.flavor, the data set's table sizes and the optimizers "
+                        "(embeddings.optimizer, optimizer.name) against the run that wrote it")
 
-    The model loads at any world size (DCP reshards the tables); resuming training also needs
-    this rank's reader position, so it needs the world size the checkpoint was written with.
+
+def load_checkpoint(path: Path, model: torch.nn.Module, expected: dict, optimizer: Any | None = None,
+                    for_resume: bool = False) -> dict:
+    """Load model (and optimizer) state in place, strictly; returns {"step", "info"} and, with
+    `for_resume`, this rank's {"reader", "rng"}.
+
+    `expected` is `fingerprint(...)` of this run. The model loads at any world size (DCP
+    reshards the tables); resuming checks the world size and batch with `check_resumable`.
     """
     if not path.is_dir() or not (path / ".metadata").is_file():
         raise UserError(f"'{path}' is not a checkpoint folder (no DCP .metadata inside)")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    info = read_info(path)
+    check_fingerprint(path, info, expected)
     if optimizer is not None:
         _materialise_dense_state(optimizer)
-    state = _state(model, optimizer, 0, {})
-    # Partial: a rank with no entry of its own in the checkpoint (more ranks than it was
-    # written by) keeps the defaults; that only matters when resuming, checked below.
-    dcp.load(state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
-    if for_resume and state["world_size"] != world_size:
-        raise UserError(f"checkpoint '{path}' was written by {state['world_size']} ranks; resume it with "
-                        f"the same world size (this run has {world_size}); evaluation works at any size")
+    state = _state(model, optimizer, {} if for_resume else None)
+    prefixes = ("model.",) + (("optim.",) if optimizer is not None else ())
+    _check_keys(path, state, prefixes)
+    dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner())
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    mine = state[f"rank{rank}"]
-    return {"step": int(state["step"]), "reader": mine["reader"], "rng": mine["rng"]}
+    out = {"step": int(info["step"]), "info": info}
+    if for_resume:
+        mine = state[f"rank{_rank()}"]
+        out.update(reader=mine["reader"], rng=mine["rng"])
+    return out

@@ -54,3 +54,21 @@ def shutdown(env: DistEnv) -> None:
     if env.owns_group and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
+
+
+def on_rank0(env: DistEnv, fn):
+    """Run `fn()` on rank 0 only and hand its result to every rank; a `UserError` it raises is
+    raised on every rank, so no rank goes on to wait in a collective for one that stopped."""
+    from configs.errors import UserError
+
+    result: list = [None, None]
+    if env.is_main:
+        try:
+            result[0] = fn()
+        except UserError as e:
+            result[1] = str(e)
+    if env.world_size > 1:
+        dist.broadcast_object_list(result, src=0)
+    if result[1] is not None:
+        raise UserError(result[1])
+    return result[0]

@@ -2,11 +2,18 @@
 
     schema ─► model on meta ─► plan + DMP (embeddings/) ─► combined optimizer
     reader (this rank's row groups) ─► TorchRec train pipeline ─► metrics.jsonl
-    end: evaluate on cfg.eval.split over all ranks ─► DCP checkpoint ─► summary.json
+    end: DCP checkpoint ─► evaluate on cfg.eval.split over all ranks ─► summary.json
+
+Order of trust: the config, the data set's files and the model are all checked before the
+run folder is touched; then rank 0 locks the folder and checks what is in it (and the
+checkpoint a resume names) before config.yaml is written. Every step's loss must be finite
+on every rank, or the run stops naming the step and the batch's row groups, before any
+checkpoint of the diverged model can be written.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -20,8 +27,16 @@ from configs.tree import Config
 from data_pipeline.reader import ShardReader
 from data_pipeline.schema import DatasetSchema, load_schema
 from embeddings.sharding import describe_plan, shard_model
-from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from trainer.distributed import DistEnv, init_distributed, shutdown
+from trainer.checkpoint import (
+    check_fingerprint,
+    check_resumable,
+    fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    read_info,
+    save_checkpoint,
+)
+from trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
 from trainer.evaluate import evaluate
 from trainer.optim import lr_multiplier, make_optimizer, make_scheduler
 from trainer.progress import Progress
@@ -48,17 +63,33 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv):
     return dmp, make_optimizer(dmp, cfg.optimizer)
 
 
-def resume(cfg: Config, run_dir: RunDir, model, optimizer, scheduler) -> tuple[int, int, int]:
-    """Restore the checkpoint cfg.checkpoint.resume names; returns (step, epoch, batches done
-    in that epoch), (0, 0, 0) for a fresh run. The model, both optimizers, the learning-rate
-    schedule, the RNG and the reader position all continue where the checkpoint left off."""
+def open_run_dir(cfg: Config, run_dir: RunDir, expected: dict, world_size: int) -> str | None:
+    """Rank 0: lock the run folder, check it suits this run, and pick the checkpoint to
+    resume from (None for a fresh run), checked against this run's fingerprint, world size
+    and global batch before anything is written."""
     choice = cfg.checkpoint.resume
+    run_dir.open(fresh=not choice, overwrite=cfg.overwrite)
     if not choice:
-        return 0, 0, 0
-    path = (list_checkpoints(run_dir.checkpoints) or [None])[-1] if choice == "latest" else Path(choice)
+        return None
+    path = latest_checkpoint(run_dir.checkpoints) if choice == "latest" else Path(choice)
     if path is None:
-        raise UserError(f"checkpoint.resume is 'latest' but '{run_dir.checkpoints}' holds no checkpoint")
-    state = load_checkpoint(path, model, optimizer, for_resume=True)
+        raise UserError(f"checkpoint.resume is 'latest' but '{run_dir.checkpoints}' holds no complete checkpoint")
+    if not (path / ".metadata").is_file():
+        raise UserError(f"config key 'checkpoint.resume': '{path}' is not a checkpoint folder (no DCP .metadata inside)")
+    info = read_info(path)
+    check_fingerprint(path, info, expected)
+    check_resumable(path, info, world_size, cfg.train.batch_size * world_size)
+    return str(path)
+
+
+def resume(cfg: Config, path: str | None, expected: dict, run_dir: RunDir, model, optimizer,
+           scheduler) -> tuple[int, int, int]:
+    """Restore checkpoint `path`; returns (step, epoch, batches done in that epoch), (0, 0, 0)
+    for a fresh run (None). The model, both optimizers, the learning-rate schedule, the RNG
+    and the reader position all continue where the checkpoint left off."""
+    if path is None:
+        return 0, 0, 0
+    state = load_checkpoint(Path(path), model, expected, optimizer, for_resume=True)
     torch.set_rng_state(state["rng"])
     scheduler.last_epoch = state["step"]
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
@@ -81,11 +112,12 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
             raise UserError("dataset.source 'ray_data' works only under `shardrec ray`, which hands each "
                             "worker its Ray Data shard")
         return RayDataReader(shard, schema, cfg.dataset.train_split, cfg.train.batch_size,
-                             env.world_size, cfg.dataset.prefetch_batches)
+                             env.world_size, cfg.dataset.prefetch_batches, cfg.dataset.on_bad_dense)
     return ShardReader(cfg.dataset.path, cfg.dataset.train_split, schema, cfg.train.batch_size,
                        rank=env.rank, world_size=env.world_size, drop_last=True,
                        prefetch_batches=cfg.dataset.prefetch_batches,
                        shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed,
+                       on_bad_dense=cfg.dataset.on_bad_dense,
                        # Pinned host memory lets the pipeline's copy to the GPU run asynchronously.
                        pin_memory=env.device.type == "cuda")
 
@@ -93,7 +125,7 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
 def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:
     return ShardReader(cfg.dataset.path, split or cfg.eval.split, schema, cfg.eval.batch_size,
                        rank=env.rank, world_size=env.world_size, drop_last=False,
-                       prefetch_batches=cfg.dataset.prefetch_batches)
+                       prefetch_batches=cfg.dataset.prefetch_batches, on_bad_dense=cfg.dataset.on_bad_dense)
 
 
 def _threads(cfg: Config) -> int:
@@ -124,35 +156,68 @@ def resolve_batch_size(cfg: Config, world_size: int) -> None:
         cfg.train.batch_size = cfg.train.global_batch_size // world_size
 
 
+def check_loss(loss: torch.Tensor, step: int, epoch: int, batch: int, reader, env: DistEnv) -> float:
+    """The step's loss as a float; a NaN or inf on any rank stops every rank with a UserError
+    naming the step and this rank's input (one small all-reduce per step when distributed)."""
+    value = float(loss)
+    worst = value
+    if env.world_size > 1:
+        flag = torch.tensor([0.0 if math.isfinite(value) else 1.0])
+        torch.distributed.all_reduce(flag)
+        worst = math.nan if flag.item() else value
+    if math.isfinite(worst):
+        return value
+    source = getattr(reader, "describe_batch", lambda k: "")(batch)
+    where = (f"on this rank (rank {env.rank}) from batch {batch} of epoch {epoch}" + (f", read from {source}" if source else "")
+             if not math.isfinite(value) else f"on another rank (this is rank {env.rank})")
+    raise UserError(f"training diverged at step {step}: the loss is {value if not math.isfinite(value) else 'non-finite'} "
+                    f"{where}. No checkpoint of the diverged model was written. Lower the learning rates "
+                    "(optimizer.lr, embeddings.lr), add warmup (optimizer.warmup_steps), or check that batch's rows")
+
+
 def _run(cfg: Config, env: DistEnv) -> dict:
     torch.set_num_threads(_threads(cfg))
     resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
+    # Everything that can be refused is checked before the run folder is touched.
+    train = train_reader(cfg, schema, env)
+    evaluation = eval_reader(cfg, schema, env)
+    validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if cfg.eval.every_steps else None
+    model, optimizer = build_sharded_task(schema, cfg, env)
     if not cfg.run_dir:
         # Rank 0 names the folder (a timestamp could differ between ranks) and tells the rest.
         name = [default_run_dir(cfg)]
         if env.world_size > 1:
             torch.distributed.broadcast_object_list(name, src=0)
         cfg.run_dir = name[0]
+    expected = fingerprint(cfg.model, schema)
     run_dir = RunDir(cfg.run_dir, env.is_main)
-    run_dir.write_config(cfg)
+    try:
+        resume_from = on_rank0(env, lambda: open_run_dir(cfg, run_dir, expected, env.world_size))
+        run_dir.write_config(cfg)
+        return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer,
+                      train, evaluation, validation)
+    finally:
+        run_dir.close()  # flushes TensorBoard, releases the folder's lock
 
-    train = train_reader(cfg, schema, env)
-    evaluation = eval_reader(cfg, schema, env)  # opened now so a missing split fails early
-    validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if cfg.eval.every_steps else None
-    model, optimizer = build_sharded_task(schema, cfg, env)
+
+def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run_dir: RunDir,
+           resume_from: str | None, model, optimizer, train, evaluation, validation) -> dict:
     scheduler = make_scheduler(optimizer, cfg.optimizer)
+    global_batch = cfg.train.batch_size * env.world_size
+    info = {"fingerprint": expected, "world_size": env.world_size, "global_batch_size": global_batch,
+            "batch_size": cfg.train.batch_size}
 
     total = len(train) * cfg.train.epochs
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
-    global_batch = cfg.train.batch_size * env.world_size
     progress = Progress(total, global_batch, enabled=env.is_main,
                         bar=cfg.train.progress and sys.stderr.isatty(), log_every=cfg.train.log_every)
     pipeline_cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
     pipeline = pipeline_cls(model, optimizer, env.device)
 
-    step, first_epoch, in_epoch = resume(cfg, run_dir, model, optimizer, scheduler)
+    step, first_epoch, in_epoch = resume(cfg, resume_from, expected, run_dir, model, optimizer, scheduler)
+    value = None  # the last step's loss (for the checkpoints' shardrec.json)
     start_step, start = step, time.perf_counter()
     for epoch in range(first_epoch, cfg.train.epochs):
         if step >= total:
@@ -169,15 +234,16 @@ def _run(cfg: Config, env: DistEnv) -> dict:
             except StopIteration:
                 break
             step, in_epoch = step + 1, in_epoch + 1
+            value = check_loss(loss, step, epoch, in_epoch - 1, train, env)
             scheduler.step()
-            record = progress.step(step, epoch, float(loss), lrs=[g["lr"] for g in optimizer.param_groups])
+            record = progress.step(step, epoch, value, lrs=[g["lr"] for g in optimizer.param_groups])
             if record:
                 run_dir.log(record)
             if validation is not None and step % cfg.eval.every_steps == 0 and step < total:
                 validate(pipeline, model, validation, env, cfg, run_dir, step)
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total:
-                save_checkpoint(run_dir.checkpoints, step, model, optimizer,
-                                train.state_dict(in_epoch), cfg.checkpoint.keep)
+                save_checkpoint(run_dir.checkpoints, step, model, optimizer, train.state_dict(in_epoch),
+                                {**info, "loss": value}, cfg.checkpoint.keep)
         batches.close()
     wall = time.perf_counter() - start
     progress.close()
@@ -185,11 +251,13 @@ def _run(cfg: Config, env: DistEnv) -> dict:
         # The pipeline rewrote the sharded modules' forward for its own use; restore it.
         pipeline.detach()
 
+    # The trained model is saved before the final evaluation, so an evaluation that fails
+    # cannot lose it.
+    if cfg.checkpoint.save_final:
+        save_checkpoint(run_dir.checkpoints, step, model, optimizer, train.state_dict(in_epoch),
+                        {**info, "loss": value}, cfg.checkpoint.keep)
     metrics = evaluate(model, evaluation, env.device, cfg.eval.max_batches)
     run_dir.log({"event": "eval", "split": cfg.eval.split, "step": step, **metrics})
-    if cfg.checkpoint.save_final:
-        save_checkpoint(run_dir.checkpoints, step, model, optimizer,
-                        train.state_dict(in_epoch), cfg.checkpoint.keep)
 
     summary = {
         "model": cfg.model.name, "flavor": cfg.model.flavor, "world_size": env.world_size,
@@ -205,7 +273,6 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     if cfg.eval.split in schema.teacher_auc:
         summary["teacher_auc"] = schema.teacher_auc[cfg.eval.split]
     run_dir.write_summary(summary)
-    run_dir.close()  # flushes and closes the TensorBoard writer
     return summary
 
 
@@ -222,10 +289,10 @@ def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, spli
     torch.set_num_threads(_threads(cfg))
     schema = load_schema(cfg.dataset.path)
     root = RunDir(cfg.run_dir, is_main=False).checkpoints
-    path = Path(checkpoint) if checkpoint else (list_checkpoints(root) or [None])[-1]
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(root)
     if path is None:
-        raise UserError(f"run folder '{cfg.run_dir}' has no checkpoints")
-    model, optimizer = build_sharded_task(schema, cfg, env)
-    state = load_checkpoint(path, model, optimizer)
+        raise UserError(f"run folder '{cfg.run_dir}' has no complete checkpoint")
+    model, _ = build_sharded_task(schema, cfg, env)
+    state = load_checkpoint(path, model, fingerprint(cfg.model, schema))
     metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
     return {"checkpoint": str(path), "step": state["step"], "split": split or cfg.eval.split, **metrics}

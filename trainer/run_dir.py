@@ -1,6 +1,10 @@
 """The run folder: config.yaml, metrics.jsonl, TensorBoard events, summary.json, checkpoints/.
 
-Rank 0 writes it. Every file is written under a temporary name and renamed, so a reader
+Rank 0 writes it, and only after `open()`: the folder belongs to one run at a time (an
+exclusive `flock` on RUN/.lock, held until `close()`; the kernel drops it when the process
+dies, so a crash never leaves a stale lock), and a fresh run refuses a folder that holds an
+earlier run's checkpoints or summary unless told to overwrite them. The caller opens it only
+once the config and data set have been validated, so a refused run writes nothing. Every file is written under a temporary name and renamed, so a reader
 (or a crash) never sees half a file; metrics.jsonl is appended one whole line at a time.
 `RunDir.log` is the one place records go: it appends the record to metrics.jsonl and
 writes its numbers as TensorBoard scalars tagged `<event>/<key>`, or `<event>_<split>/<key>`
@@ -11,15 +15,22 @@ record's step, so the two can never disagree.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from configs.errors import UserError
 from configs.loader import dump_yaml
 from configs.tree import Config
+
+LOCK_FILE = ".lock"
+# What a run leaves in its folder; --overwrite removes these and nothing else.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "report.png", "report.md")
 
 
 def default_run_dir(cfg: Config) -> str:
@@ -38,12 +49,60 @@ class RunDir:
     def __init__(self, path: str | Path, is_main: bool):
         self.path, self.is_main = Path(path), is_main
         self._writer = None  # made at the first record, so reading a run folder adds no events
-        if is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
 
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    def open(self, fresh: bool, overwrite: bool = False) -> None:
+        """Rank 0: create the folder and take its lock; for a `fresh` run (not a resume),
+        refuse a folder holding an earlier run's checkpoints or summary unless `overwrite`
+        (which removes them), and drop a failed earlier run's logs so they do not mix."""
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            if not fresh:
+                return
+            held = self._earlier_results()
+            if held and not overwrite:
+                raise UserError(
+                    f"run folder '{self.path}' already holds a run ({', '.join(held)}): resume it with "
+                    "--checkpoint.resume=latest, replace it with --overwrite, or choose another --run-dir")
+            self._remove_earlier_run()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"run folder '{self.path}' is in use by another shardrec run (pid {holder}); "
+                            "wait for it to finish or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _earlier_results(self) -> list[str]:
+        held = []
+        if self.checkpoints.is_dir() and any(p.name.startswith("step_") for p in self.checkpoints.iterdir()):
+            held.append(f"checkpoints in {self.checkpoints}")
+        if (self.path / "summary.json").exists():
+            held.append("summary.json")
+        return held
+
+    def _remove_earlier_run(self) -> None:
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for events in self.path.glob("events.out.tfevents.*"):
+            events.unlink()
 
     def write_config(self, cfg: Config) -> None:
         if self.is_main:
@@ -71,10 +130,14 @@ class RunDir:
         return self._writer
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer (call at the end of the run)."""
+        """Flush and close the TensorBoard writer and release the lock (end of the run)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_main:

@@ -240,8 +240,15 @@ def test_existing_output_needs_overwrite(tmp_path):
     with pytest.raises(UserError, match="already exists.*--overwrite"):
         convert_criteo([src], tmp_path / "out")
     assert (tmp_path / "out" / "keep").is_file()
-    convert_criteo([src], tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep").exists() and (tmp_path / "out" / "schema.json").is_file()
+    # --overwrite replaces only an empty folder or a data set, never a folder of something else.
+    with pytest.raises(UserError, match="neither empty nor a shardrec data set.*refusing to delete"):
+        convert_criteo([src], tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep").is_file()
+    (tmp_path / "out" / "keep").unlink()
+    convert_criteo([src], tmp_path / "out", overwrite=True)  # an empty folder
+    (tmp_path / "out" / "train" / "extra").write_text("x")
+    convert_criteo([src], tmp_path / "out", overwrite=True)  # a data set
+    assert not (tmp_path / "out" / "train" / "extra").exists() and (tmp_path / "out" / "schema.json").is_file()
 
 
 def test_cli_user_errors(tmp_path, capsys):

@@ -166,10 +166,14 @@ def test_success_leaves_no_temporary_folder(make_spec, tmp_path, fast_calibratio
     assert (out / "schema.json").is_file()
 
 
-def test_overwrite_replaces_existing_folder(make_spec, tmp_path, fast_calibration):
+def test_overwrite_replaces_existing_data_set_only(make_spec, tmp_path, fast_calibration):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    with pytest.raises(UserError, match="neither empty nor a shardrec data set"):
+        generate(make_spec("tiny", rows=300), out, overwrite=True)
+    assert (out / "stale.txt").read_text() == "old"
+    (out / "schema.json").write_text("{}")  # a data set (even a broken one) may be replaced
     schema = generate(make_spec("tiny", rows=300), out, overwrite=True)
     assert not (out / "stale.txt").exists()
     assert _as_json(load_schema(out)) == _as_json(schema)

@@ -12,6 +12,7 @@ from trainer.run_dir import RunDir
 def fake_run(path, auc_end: float, steps: int = 40) -> None:
     """A run folder as `run()` writes it, through the same RunDir (no training needed)."""
     rd = RunDir(path, is_main=True)
+    rd.open(fresh=True)
     for step in range(10, steps + 1, 10):
         rd.log({"event": "train", "step": step, "epoch": 0, "loss": 0.7 - step / 200,
                 "samples_per_s": 1000.0 + step, "lr_embeddings": 0.1, "lr_dense": 0.05})

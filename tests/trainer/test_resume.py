@@ -40,5 +40,5 @@ def test_resume_mid_second_epoch_matches_the_uninterrupted_run(tiny_data, tmp_pa
 
 
 def test_resume_latest_without_checkpoints_is_a_clear_error(tiny_data, tmp_path):
-    with pytest.raises(UserError, match="checkpoint.resume is 'latest'.*holds no checkpoint"):
+    with pytest.raises(UserError, match="checkpoint.resume is 'latest'.*holds no complete checkpoint"):
         run(_cfg(tiny_data, tmp_path / "empty", "--checkpoint.resume=latest"))

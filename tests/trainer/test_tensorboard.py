@@ -62,6 +62,7 @@ def test_only_rank_zero_and_only_numbers_are_written(tmp_path):
     other.close()
     assert not (tmp_path / "r1").exists()
     main = RunDir(tmp_path / "r0", is_main=True)
+    main.open(fresh=True)
     main.log({"event": "eval", "step": 3, "split": "test", "auc": 0.7, "ne": float("nan"), "ok": True})
     main.close()
     assert set(scalars(tmp_path / "r0")) == {"eval_test/auc"}
