@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -148,8 +149,16 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise UserError(f"config key '{key}' must be a list of {item_tp.__name__}, got {value!r}")
         return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-3` (no dot) as a string; as a float key's value it means the number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

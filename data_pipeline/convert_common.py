@@ -120,7 +120,9 @@ class SplitWriter:
     def _writer(self, split: str) -> pq.ParquetWriter:
         if split not in self._writers:
             (self.root / split).mkdir(parents=True, exist_ok=True)
-            self._writers[split] = pq.ParquetWriter(self.root / split / self.name, self.schema)
+            # Page checksums let the reader tell a corrupted page from data (see reader._read).
+            self._writers[split] = pq.ParquetWriter(self.root / split / self.name, self.schema,
+                                                    write_page_checksum=True)
         return self._writers[split]
 
     def close(self) -> None:

@@ -156,7 +156,10 @@ class ShardReader(EpochPosition):
     def _read(self, handles: dict[Path, pq.ParquetFile], g: RowGroup) -> pa.Table:
         """Decode and check one row group; any failure names the file and row group."""
         try:
-            pf = handles.get(g.file) or handles.setdefault(g.file, pq.ParquetFile(g.file))
+            # With checksums verified, a page whose bytes changed after it was written (shardrec's
+            # writers store a CRC per page) is refused instead of decoding into plausible ids.
+            pf = handles.get(g.file) or handles.setdefault(
+                g.file, pq.ParquetFile(g.file, page_checksum_verification=True))
             table = pf.read_row_group(g.index, columns=self.columns)
         except (OSError, pa.ArrowException) as e:
             raise BadDataError(f"{g}: cannot be decoded, the file is corrupt or truncated ({e})") from None

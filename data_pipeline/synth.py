@@ -172,7 +172,7 @@ def generate(spec: SynthSpec, out: str | os.PathLike, overwrite: bool = False,
                 prob = teacher.probabilities(z, ids)
                 labels = (rng.random(n) < prob).astype(np.float32)
                 pq.write_table(_table(schema, labels, dense, ids), tmp / split / f"part-{file_idx:05d}.parquet",
-                               row_group_size=spec.row_group_rows)
+                               row_group_size=spec.row_group_rows, write_page_checksum=True)
                 if split != "train" and sum(map(len, scores)) < TEACHER_AUC_MAX_ROWS:
                     scores.append(prob)
                     labels_all.append(labels)

@@ -40,7 +40,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from configs.errors import UserError
 from configs.tree import ModelConfig
 from data_pipeline.schema import DatasetSchema
-from trainer.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, read_metadata_file
+from trainer.safe_dcp import read_metadata_file, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, expected: dict, optimize
     state = _state(model, optimizer, {} if for_resume else None)
     prefixes = ("model.",) + (("optim.",) if optimizer is not None else ())
     _check_keys(path, state, prefixes)
-    dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner())
+    safe_load(state, str(path))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])

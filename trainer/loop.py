@@ -195,8 +195,12 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     try:
         resume_from = on_rank0(env, lambda: open_run_dir(cfg, run_dir, expected, env.world_size))
         run_dir.write_config(cfg)
-        return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer,
-                      train, evaluation, validation)
+        try:
+            return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer,
+                          train, evaluation, validation)
+        except UserError as e:
+            run_dir.log({"event": "error", "message": str(e)})  # the run folder says why it stopped
+            raise
     finally:
         run_dir.close()  # flushes TensorBoard, releases the folder's lock
 

@@ -110,7 +110,7 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append `record` to metrics.jsonl and its numeric fields to TensorBoard."""
-        if not self.is_main:
+        if not self.is_main or self._lock_fd is None:  # not opened (or refused): write nothing
             return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -22,8 +22,10 @@ import pickle
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element  # what DefaultLoadPlanner uses
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
@@ -84,6 +86,19 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
+def safe_load(state: dict, path: str, **kwargs: Any) -> None:
+    """`dcp.load` of `state` from `path` through the safe reader and planner. DCP wraps what
+    a reader or planner raises in a CheckpointException; a UserError inside comes out as is."""
+    try:
+        dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(), **kwargs)
+    except CheckpointException as e:
+        for failure in e.failures.values():
+            exc = failure[0] if isinstance(failure, tuple) else getattr(failure, "exception", failure)
+            if isinstance(exc, UserError):
+                raise UserError(str(exc)) from None
+        raise
+
+
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DefaultLoadPlanner (strict unless told otherwise) whose non-tensor entries load with
     `torch.load(weights_only=True)`."""
@@ -92,8 +107,9 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
+            why = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line), str(e))
             raise UserError(f"checkpoint entry '{read_item.dest_index.fqn}' holds an object shardrec "
-                            f"does not load (only numbers, strings, lists, dicts and tensors): {e}") from None
+                            f"does not load (only numbers, strings, lists, dicts and tensors): {why}") from None
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
