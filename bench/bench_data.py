@@ -137,6 +137,36 @@ def bench_reader(work: Path, name: str, preset: str, rows: int, batch_size: int,
         wall, cpu, got = timed(lambda prefetch=prefetch: reader(prefetch), repeats)
         assert got == n
         line(f"ShardReader prefetch_batches={prefetch}", n, wall, cpu, f"= {n / cpu / base:.2f}x the baseline")
+    bench_checks(root, schema, n, batch_size, repeats)
+
+
+def bench_checks(root: Path, schema, n: int, batch_size: int, repeats: int) -> None:
+    """What the integrity checks cost: the reader with and without them (value checks and
+    page checksums), in alternating rounds so that drift hits both alike; the medians are
+    compared (the best of a few runs swings by 10% on a shared 2-core machine)."""
+    import statistics
+
+    from data_pipeline.reader import ShardReader
+
+    def read(validate: bool) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
+        got = sum(len(b.labels) for b in ShardReader(root, "train", schema, batch_size, drop_last=False,
+                                                     prefetch_batches=0, validate=validate))
+        assert got == n
+        return time.perf_counter() - t, time.process_time() - c
+
+    read(True), read(False)  # warm-up
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for _ in range(max(repeats, 1) * 4):
+        for validate in (False, True):
+            runs[validate].append(read(validate))
+    med = {v: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for v, rs in runs.items()}
+    unchecked = line("ShardReader, checks off (median)", n, *med[False])
+    line("ShardReader, checks on (median)", n, *med[True], f"= {checked_ratio(unchecked, n / med[True][1])}")
+
+
+def checked_ratio(unchecked: float, checked: float) -> str:
+    return f"{checked / unchecked:.3f}x unchecked ({(1 - checked / unchecked) * 100:+.1f}% cost)"
 
 
 def main() -> int:
@@ -157,8 +187,8 @@ def main() -> int:
         shutil.rmtree(work / "criteo", ignore_errors=True)
     if args.only != "converter":
         # the train split (80%) is what is read
-        bench_reader(work, "onehot", "demo", args.reader_rows * 5 // 4, args.batch_size, args.repeats)
-        bench_reader(work, "multihot", "tiny-multihot", args.reader_rows * 5 // 8, args.batch_size, args.repeats)
+        bench_reader(work, "onehot-crc", "demo", args.reader_rows * 5 // 4, args.batch_size, args.repeats)
+        bench_reader(work, "multihot-crc", "tiny-multihot", args.reader_rows * 5 // 8, args.batch_size, args.repeats)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -38,22 +38,37 @@ class Block:
                 of rows of all of them is one 2-D slice
         multi   {feature index: (offsets (N + 1,) int64, lengths (N,) int32, values (nnz,) int64)};
                 a null list is an empty bag
+
+    and what data_pipeline.validate needs to name nulls, which numpy cannot hold: the
+    `id_nulls` {feature: first row with a null id} (stored as 0), `dense_nulls` (columns with
+    nulls, stored as NaN) and `label_nulls` (stored as NaN). Arrow keeps null counts, so
+    this costs nothing on data without nulls.
     """
 
     def __init__(self, table: pa.Table | pa.RecordBatch, schema: DatasetSchema):
         self.schema, self.n = schema, table.num_rows
         self.source = ""  # where the rows came from (set by the reader, for error messages)
-        self.labels = _numpy(table.column(schema.label), np.float32)
+        label = table.column(schema.label)
+        self.label_nulls = label.null_count > 0
+        self.labels = _numpy(label, np.float32)
         self.dense = np.empty((self.n, len(schema.dense)), np.float32)
+        self.dense_nulls: set[str] = set()
         for j, name in enumerate(schema.dense):
-            self.dense[:, j] = table.column(name).to_numpy(zero_copy_only=False)
+            col = table.column(name)
+            if col.null_count:
+                self.dense_nulls.add(name)
+            self.dense[:, j] = col.to_numpy(zero_copy_only=False)  # a null becomes NaN
         self.segments = _segments(schema)
         self.onehot = np.empty((sum(f.multi_hot is False for f in schema.sparse), self.n), np.int64)
         self.multi: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.id_nulls: dict[str, int] = {}
         row = 0
         for k, f in enumerate(schema.sparse):
             col = table.column(f.name)
             if not f.multi_hot:
+                if col.null_count:
+                    self.id_nulls[f.name] = int(np.flatnonzero(_numpy(col.is_null(), bool))[0])
+                    col = col.fill_null(0)
                 self.onehot[row] = col.to_numpy(zero_copy_only=False)
                 row += 1
                 continue
@@ -61,7 +76,12 @@ class Block:
             lengths = _numpy(pc.list_value_length(col).fill_null(0), np.int32)
             offsets = np.zeros(self.n + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            self.multi[k] = (offsets, lengths, _numpy(pc.list_flatten(col), np.int64))
+            flat = pc.list_flatten(col)
+            if flat.null_count:
+                first = int(np.flatnonzero(_numpy(flat.is_null(), bool))[0])
+                self.id_nulls[f.name] = int(np.searchsorted(offsets, first, side="right")) - 1
+                flat = flat.fill_null(0)
+            self.multi[k] = (offsets, lengths, _numpy(flat, np.int64))
 
     def batch(self, start: int, stop: int) -> Batch:
         return batch_of([(self, start, stop)], self.schema)

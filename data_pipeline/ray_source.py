@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from torchrec.datasets.utils import Batch
 
 from configs.errors import UserError
-from data_pipeline.convert_arrow import arrow_to_batch
+from data_pipeline.convert_arrow import Block
 from data_pipeline.reader import EpochPosition
 from data_pipeline.schema import DatasetSchema
-from data_pipeline.validate import Origin, check_table
+from data_pipeline.validate import Piece, Where, check_block
 
 
 class RayDataReader(EpochPosition):
@@ -45,5 +45,7 @@ class RayDataReader(EpochPosition):
                 return
             if i >= self._start_batch:
                 # Ray Data does not say which file a batch came from: name the batch instead.
-                origin = Origin(f"Ray Data shard of split '{self.split}', batch {i} of epoch {self.epoch}")
-                yield arrow_to_batch(check_table(table, self.schema, origin, self.on_bad_dense), self.schema)
+                where = Where([Piece(f"Ray Data shard of split '{self.split}', batch {i} of epoch {self.epoch}",
+                                     None, 0, table.num_rows)])
+                block = check_block(Block(table, self.schema), where, self.on_bad_dense)
+                yield block.batch(0, block.n)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from configs.errors import UserError
 from data_pipeline.convert_arrow import Block, batch_of
 from data_pipeline.prefetch import prefetch
 from data_pipeline.schema import DatasetSchema, check_file_schema, split_files
-from data_pipeline.validate import BadDataError, Origin, check_table
+from data_pipeline.validate import BadDataError, Piece, Where, check_block
 
 # Batches whose source describe_batch() remembers: more than the prefetch queue plus the
 # batches a train pipeline keeps in flight.
@@ -87,6 +87,10 @@ def assign_row_groups(groups: list[RowGroup], world_size: int) -> list[list[RowG
     return [[groups[i] for i in sorted(idx)] for idx in owned]
 
 
+def _group_names(pieces: list[Piece]) -> list[str]:
+    return list(dict.fromkeys(f"{p.file} row group {p.row_group}" for p in pieces))
+
+
 class EpochPosition:
     """A reader's position as checkpoints store it: the epoch and the batches done in it.
 
@@ -124,7 +128,8 @@ class ShardReader(EpochPosition):
             raise UserError("pin_memory needs CUDA (it speeds up copies to a GPU); this machine has none")
         self.schema, self.batch_size, self.drop_last = schema, batch_size, drop_last
         self.prefetch_batches, self.seed, self.pin_memory = prefetch_batches, seed, pin_memory
-        # validate=False exists for bench/bench_data.py, which measures what the checks cost.
+        # validate=False (no value checks, no page checksums) exists for bench/bench_data.py,
+        # which measures what the checks cost.
         self.on_bad_dense, self.validate = on_bad_dense, validate
         self._sources: OrderedDict[int, str] = OrderedDict()
         # A shuffle window is a whole number of batches so positions stay batch-aligned.
@@ -159,67 +164,78 @@ class ShardReader(EpochPosition):
             # With checksums verified, a page whose bytes changed after it was written (shardrec's
             # writers store a CRC per page) is refused instead of decoding into plausible ids.
             pf = handles.get(g.file) or handles.setdefault(
-                g.file, pq.ParquetFile(g.file, page_checksum_verification=True))
+                g.file, pq.ParquetFile(g.file, page_checksum_verification=self.validate))
             table = pf.read_row_group(g.index, columns=self.columns)
         except (OSError, pa.ArrowException) as e:
             raise BadDataError(f"{g}: cannot be decoded, the file is corrupt or truncated ({e})") from None
         if table.num_rows != g.rows:
             raise BadDataError(f"{g}: decoded {table.num_rows} rows, its metadata says {g.rows}")
-        if self.validate:
-            table = check_table(table, self.schema, Origin(str(g.file), g.index), self.on_bad_dense)
         return table
 
-    def _tables(self, groups: list[RowGroup], skip_rows: int) -> Iterator[tuple[pa.Table, RowGroup]]:
-        """(table, its row group) in order, starting `skip_rows` rows in (skipped by metadata)."""
+    def _tables(self, groups: list[RowGroup], skip_rows: int) -> Iterator[tuple[pa.Table, Piece]]:
+        """(table, where its rows come from) per row group in order, starting `skip_rows` rows
+        in (skipped by metadata)."""
         handles: dict[Path, pq.ParquetFile] = {}
         for g in groups:
             if skip_rows >= g.rows:
                 skip_rows -= g.rows
                 continue
             table = self._read(handles, g)
-            yield (table.slice(skip_rows) if skip_rows else table), g
+            if skip_rows:
+                table = table.slice(skip_rows)
+            yield table, Piece(str(g.file), g.index, skip_rows, table.num_rows)
             skip_rows = 0
 
-    def _windows(self, skip_rows: int) -> Iterator[tuple[pa.Table, str]]:
-        """The epoch's rows cut into tables of exactly `window` rows (the last may be short),
-        each with the row groups it holds rows of."""
-        pending: list[pa.Table] = []
-        sources: list[str] = []
+    def _windows(self, skip_rows: int) -> Iterator[list[tuple[pa.Table, Piece]]]:
+        """The epoch's rows cut into windows of exactly `window` rows (the last may be short),
+        each as the row-group pieces it is made of."""
+        pending: list[tuple[pa.Table, Piece]] = []
         pending_rows = 0
-        for table, group in self._tables(self._epoch_groups(), skip_rows):
-            pending.append(table)
-            sources.append(str(group))
+        for table, piece in self._tables(self._epoch_groups(), skip_rows):
+            pending.append((table, piece))
             pending_rows += table.num_rows
             while pending_rows >= self.window:
-                merged = pa.concat_tables(pending)
-                yield merged.slice(0, self.window), "; ".join(sources)
-                rest = merged.slice(self.window)
-                pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
-                sources = sources[-1:] if rest.num_rows else []
+                window, rest, need = [], [], self.window
+                for t, p in pending:
+                    if need >= t.num_rows:
+                        window.append((t, p))
+                    elif need > 0:
+                        window.append((t.slice(0, need), replace(p, rows=need)))
+                        rest.append((t.slice(need), replace(p, first=p.first + need, rows=p.rows - need)))
+                    else:
+                        rest.append((t, p))
+                    need -= min(need, t.num_rows)
+                yield window
+                pending, pending_rows = rest, sum(t.num_rows for t, _ in rest)
         if pending_rows:
-            yield pa.concat_tables(pending), "; ".join(sources)
+            yield pending
+
+    def _checked(self, block: Block, where: Where) -> Block:
+        return check_block(block, where, self.on_bad_dense) if self.validate else block
 
     def _pieces(self) -> Iterator[list[tuple[Block, int, int]]]:
         """Per batch, the block rows it is made of: (block, start, stop) pieces, several only
-        where a batch straddles row groups (no shuffle)."""
+        where a batch straddles row groups (no shuffle). Every block is checked once."""
         bs, start_rows = self.batch_size, self._start_batch * self.batch_size
         if self.window:
             # Rows are permuted within each window; windows are whole numbers of batches.
             first_window = start_rows // self.window
             skip = start_rows - first_window * self.window
-            for w, (table, source) in enumerate(self._windows(first_window * self.window), start=first_window):
+            for w, window in enumerate(self._windows(first_window * self.window), start=first_window):
+                table = pa.concat_tables([t for t, _ in window])
                 perm = np.random.default_rng([self.seed, self.epoch, w]).permutation(table.num_rows)
-                block = Block(table.take(perm), self.schema)
-                block.source = f"shuffle window {w} of {source}"
+                pieces = [p for _, p in window]
+                block = self._checked(Block(table.take(perm), self.schema), Where(pieces, perm))
+                block.source = f"shuffle window {w} of " + "; ".join(_group_names(pieces))
                 for off in range(skip, block.n, bs):
                     yield [(block, off, min(off + bs, block.n))]
                 skip = 0
             return
         pending: list[tuple[Block, int, int]] = []
         pending_rows = 0
-        for table, group in self._tables(self._epoch_groups(), start_rows):
-            block, a = Block(table, self.schema), 0
-            block.source = str(group)
+        for table, piece in self._tables(self._epoch_groups(), start_rows):
+            block, a = self._checked(Block(table, self.schema), Where([piece])), 0
+            block.source = _group_names([piece])[0]
             while a < block.n:
                 take = min(bs - pending_rows, block.n - a)
                 pending.append((block, a, a + take))

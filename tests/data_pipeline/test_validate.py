@@ -125,3 +125,25 @@ def test_checks_change_nothing_on_valid_data(multihot_ds):
         np.testing.assert_array_equal(a.dense_features.numpy(), b.dense_features.numpy())
         np.testing.assert_array_equal(a.sparse_features.values().numpy(), b.sparse_features.values().numpy())
         np.testing.assert_array_equal(a.labels.numpy(), b.labels.numpy())
+
+
+@pytest.mark.parametrize("shuffle_buffer", [250, 1000])
+def test_rows_are_named_through_shuffle_windows(onehot_copy, shuffle_buffer):
+    """A window holds pieces of several row groups, permuted: the message still names the
+    row where the file holds it."""
+    path = split_files(onehot_copy)[1]
+    group, row = set_value(path, "C4", 777, 5000)
+    with pytest.raises(BadDataError) as err:
+        read_all(onehot_copy, shuffle_buffer=shuffle_buffer, seed=3)
+    assert_names(err, path, group, row, "'C4'", "id 5000")
+
+
+def test_resumed_reader_names_rows_from_the_row_group_start(onehot_copy):
+    path = split_files(onehot_copy)[0]
+    group, row = set_value(path, "C4", 250, 5000)  # row group 0 (300 rows), read from row 200 on
+    reader = ShardReader(onehot_copy, "train", load_schema(onehot_copy), 100, prefetch_batches=0)
+    reader.load_state_dict({"epoch": 0, "batches": 2})
+    with pytest.raises(BadDataError) as err:
+        list(reader)
+    assert (group, row) == (0, 250)
+    assert_names(err, path, 0, 250, "'C4'")
