@@ -171,6 +171,9 @@ class TrainConfig:
     num_threads: Count = 0
     # Show a progress bar when stderr is a terminal.
     progress: bool = True
+    # Timeout of the process group's collectives, in minutes: a rank that waits longer for
+    # a lost peer fails, so torchrun or Ray can restart the job (gloo's own default is 30).
+    pg_timeout_minutes: PosFloat = 10.0
 
 
 @dataclass
@@ -198,11 +201,16 @@ class CheckpointConfig:
     save_final: bool = True
     # Also save every N steps (0 = only at the end).
     every_steps: Count = 0
+    # Also save when this many minutes have passed since the last save (0 = off); rank 0's
+    # clock decides for all ranks. For long jobs on machines that can die.
+    every_minutes: NonNegFloat = 0.0
     # Keep at most this many checkpoints (oldest are deleted first; 0 = keep all).
     keep: Count = 2
-    # Continue a run: "latest" (the newest complete checkpoint of run_dir) or a checkpoint
-    # folder; "" starts afresh. Resuming needs the model, flavor, data set, world size and
-    # global batch size the checkpoint was written with (each is checked, naming the key).
+    # Continue a run: "auto" (the newest complete checkpoint of run_dir, or a fresh start when
+    # there is none: one command both starts and restarts a job; the default of torchrun and
+    # Ray launches), "latest" (the newest, which must exist), a checkpoint folder, or "" to
+    # start afresh. Any world size may resume; model, flavor, data set and global batch size
+    # must be the checkpoint's (each is checked, naming the key).
     resume: str = ""
 
 
@@ -216,6 +224,13 @@ class RayConfig:
     cpus_per_worker: PosFloat = 1.0
     # Give each worker one GPU.
     use_gpu: bool = False
+    # Restarts of the worker group after a worker dies (Ray Train's FailureConfig; -1 =
+    # unlimited); each restart resumes from the newest checkpoint in the run folder.
+    max_failures: Annotated[int, AtLeast(-1)] = 3
+    # Elastic training: with 0 < min_workers < num_workers Ray Train runs on as many workers
+    # as it can get between the two, and a job that loses a machine continues on fewer
+    # (needs train.global_batch_size, so a step keeps its size). 0 = exactly num_workers.
+    min_workers: Count = 0
 
 
 @dataclass

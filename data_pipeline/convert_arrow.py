@@ -148,3 +148,10 @@ def batch_of(pieces: list[tuple[Block, int, int]], schema: DatasetSchema) -> Bat
 def arrow_to_batch(table: pa.Table | pa.RecordBatch, schema: DatasetSchema) -> Batch:
     """Convert B rows to a Batch (see batch_of); the batch owns its memory."""
     return Block(table, schema).batch(0, table.num_rows)
+
+
+def placeholder_batch(schema: DatasetSchema) -> Batch:
+    """One row of zeros (empty multi-hot bags): what a rank with no rows of a split feeds a
+    sharded forward, which every rank must join; its outputs are ignored."""
+    columns = [pa.array([[] if pa.types.is_list(f.type) else 0], f.type) for f in schema.arrow_schema()]
+    return arrow_to_batch(pa.Table.from_arrays(columns, schema=schema.arrow_schema()), schema)

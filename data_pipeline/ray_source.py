@@ -30,7 +30,7 @@ class RayDataReader(EpochPosition):
     def __init__(self, shard, schema: DatasetSchema, split: str, batch_size: int, world_size: int,
                  prefetch_batches: int = 4, on_bad_dense: str = "error"):
         rows = schema.splits.get(split, 0)
-        self.shard, self.schema, self.batch_size = shard, schema, batch_size
+        self.shard, self.schema, self.batch_size, self.world_size = shard, schema, batch_size, world_size
         self.prefetch_batches, self.on_bad_dense, self.split = prefetch_batches, on_bad_dense, split
         self.num_batches = self.max_batches_any_rank = rows // world_size // batch_size
         if self.num_batches == 0:
@@ -43,7 +43,7 @@ class RayDataReader(EpochPosition):
         for i, table in enumerate(batches):
             if i >= self.num_batches:
                 return
-            if i >= self._start_batch:
+            if i >= self.start_batch:
                 # Ray Data does not say which file a batch came from: name the batch instead.
                 where = Where([Piece(f"Ray Data shard of split '{self.split}', batch {i} of epoch {self.epoch}",
                                      None, 0, table.num_rows)])

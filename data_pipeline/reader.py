@@ -41,6 +41,7 @@ from torchrec.datasets.utils import Batch
 
 from configs.errors import UserError
 from data_pipeline.convert_arrow import Block, batch_of
+from data_pipeline.position import Span, relayout, standard_layout
 from data_pipeline.prefetch import prefetch
 from data_pipeline.schema import DatasetSchema, check_file_schema, split_files
 from data_pipeline.validate import BadDataError, Piece, Where, check_block
@@ -73,18 +74,18 @@ def list_row_groups(files: list[Path], schema: DatasetSchema) -> list[RowGroup]:
     return groups
 
 
-def assign_row_groups(groups: list[RowGroup], world_size: int) -> list[list[RowGroup]]:
+def assign_row_groups(groups: list[RowGroup], world_size: int) -> list[list[int]]:
     """Split row groups over ranks, balanced by rows: largest first, each to the rank with the
     fewest rows so far (ties: the lower rank; equal sizes keep split order). Deterministic;
-    the rows of any two ranks differ by at most the largest row group. Each rank's groups
-    come back in split order, so reads stay sequential within a file."""
+    the rows of any two ranks differ by at most the largest row group. Each rank's group
+    indices come back in split order, so reads stay sequential within a file."""
     totals = [0] * world_size
     owned: list[list[int]] = [[] for _ in range(world_size)]
     for i in sorted(range(len(groups)), key=lambda i: (-groups[i].rows, i)):
         r = min(range(world_size), key=lambda r: (totals[r], r))
         totals[r] += groups[i].rows
         owned[r].append(i)
-    return [[groups[i] for i in sorted(idx)] for idx in owned]
+    return [sorted(idx) for idx in owned]
 
 
 def _group_names(pieces: list[Piece]) -> list[str]:
@@ -92,27 +93,40 @@ def _group_names(pieces: list[Piece]) -> list[str]:
 
 
 class EpochPosition:
-    """A reader's position as checkpoints store it: the epoch and the batches done in it.
+    """A reader's position as checkpoints store it (see data_pipeline/position.py).
 
-    Subclasses set `num_batches` (per epoch) and start at batch `_start_batch` of `epoch`.
+    Subclasses set `num_batches` (this epoch), `batch_size` and `world_size`, and start at
+    batch `start_batch` of `epoch`.
     """
 
     num_batches: int = 0
     epoch: int = 0
-    _start_batch: int = 0
+    start_batch: int = 0
+    batch_size: int = 0
+    world_size: int = 1
 
     def __len__(self) -> int:
         return self.num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._start_batch = epoch, 0
+        self.epoch, self.start_batch = epoch, 0
 
     def state_dict(self, batches_done: int) -> dict:
         """Position after `batches_done` batches of the current epoch."""
-        return {"epoch": self.epoch, "batches": batches_done}
+        return {"epoch": self.epoch, "batches": batches_done, "batch_size": self.batch_size,
+                "world_size": self.world_size, "layout": None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._start_batch = int(state["epoch"]), int(state["batches"])
+        """Continue where `state` left off; a position saved at another world size or batch
+        size is refused mid-epoch (ShardReader overrides this with a re-layout)."""
+        self.epoch, batches = int(state["epoch"]), int(state["batches"])
+        same = (state.get("world_size", self.world_size), state.get("batch_size", self.batch_size)) == \
+            (self.world_size, self.batch_size)
+        if not same and batches:
+            raise UserError(f"this reader cannot continue an epoch begun at world size {state['world_size']} "
+                            f"with {state['batch_size']} rows per rank; resume at that size, or from a "
+                            "checkpoint at an epoch boundary")
+        self.start_batch = batches if same else 0
 
 
 class ShardReader(EpochPosition):
@@ -128,6 +142,7 @@ class ShardReader(EpochPosition):
             raise UserError("pin_memory needs CUDA (it speeds up copies to a GPU); this machine has none")
         self.schema, self.batch_size, self.drop_last = schema, batch_size, drop_last
         self.prefetch_batches, self.seed, self.pin_memory = prefetch_batches, seed, pin_memory
+        self.rank, self.world_size, self.split = rank, world_size, split
         # validate=False (no value checks, no page checksums) exists for bench/bench_data.py,
         # which measures what the checks cost.
         self.on_bad_dense, self.validate = on_bad_dense, validate
@@ -135,28 +150,64 @@ class ShardReader(EpochPosition):
         # A shuffle window is a whole number of batches so positions stay batch-aligned.
         self.window = -(-shuffle_buffer // batch_size) * batch_size if shuffle_buffer > 0 else 0
         self.columns = schema.arrow_schema().names
-        per_rank = assign_row_groups(list_row_groups(split_files(dataset_dir, split), schema), world_size)
-        self.groups = per_rank[rank]
-        rows_per_rank = [sum(g.rows for g in gs) for gs in per_rank]
+        self.all_groups = list_row_groups(split_files(dataset_dir, split), schema)
+        self.groups = self._standard(world_size)[rank]
+        rows_per_rank = [sum(rows for _, _, rows in spans) for spans in self._standard(world_size)]
         self.rows = rows_per_rank[rank]
-        if drop_last:
-            self.num_batches = min(rows_per_rank) // batch_size
-            if self.num_batches == 0:
-                raise UserError(
-                    f"split '{split}' of '{dataset_dir}' has {min(rows_per_rank)} rows on its smallest rank, "
-                    f"fewer than one batch of {batch_size}: lower the batch size"
-                )
-        else:
-            self.num_batches = -(-self.rows // batch_size)
-        # The most batches any rank yields: ranks with fewer must still join each collective.
-        self.max_batches_any_rank = (self.num_batches if drop_last
-                                     else max(-(-r // batch_size) for r in rows_per_rank))
+        self._layout: list[list[Span]] | None = None  # this epoch's, when not the standard one
+        if drop_last and min(rows_per_rank) // batch_size == 0:
+            raise UserError(
+                f"split '{split}' of '{dataset_dir}' has {min(rows_per_rank)} rows on its smallest rank, "
+                f"fewer than one batch of {batch_size}: lower the batch size")
+        self._set_batches(rows_per_rank)
 
-    def _epoch_groups(self) -> list[RowGroup]:
-        if not self.window:
-            return self.groups
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.groups))
-        return [self.groups[i] for i in order]
+    def _standard(self, world_size: int) -> list[list[Span]]:
+        owned = assign_row_groups(self.all_groups, world_size)
+        return standard_layout(owned, [g.rows for g in self.all_groups])
+
+    def _set_batches(self, rows_per_rank: list[int]) -> None:
+        bs = self.batch_size
+        if self.drop_last:
+            self.num_batches = min(rows_per_rank) // bs
+        else:
+            self.num_batches = -(-rows_per_rank[self.rank] // bs)
+        # The most batches any rank yields: ranks with fewer must still join each collective.
+        self.max_batches_any_rank = (self.num_batches if self.drop_last
+                                     else max(-(-r // bs) for r in rows_per_rank))
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self._layout is not None:  # a re-laid-out epoch is over: back to the standard layout
+            self._layout = None
+            self._set_batches([sum(r for _, _, r in spans) for spans in self._standard(self.world_size)])
+
+    def state_dict(self, batches_done: int) -> dict:
+        return {**super().state_dict(batches_done), "layout": self._layout}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` left off, at this reader's world size and batch size: the
+        same ranks continue their own rows; other ones share out the rows not yet read
+        (data_pipeline/position.py)."""
+        self.set_epoch(int(state["epoch"]))
+        layout, self.start_batch = relayout(
+            {"world_size": self.world_size, "batch_size": self.batch_size, **state}, self._standard,
+            self.world_size, self.batch_size, shuffled=bool(self.window))
+        if layout is not None:
+            if len(layout) != self.world_size or any(g >= len(self.all_groups) for spans in layout for g, _, _ in spans):
+                raise UserError("the saved reader position does not fit this split's row groups (were files "
+                                "added or removed since the checkpoint?)")
+            self._layout = [[tuple(s) for s in spans] for spans in layout]
+            self._set_batches([sum(r for _, _, r in spans) for spans in self._layout])
+
+    def _epoch_spans(self) -> list[tuple[RowGroup, int, int]]:
+        """This rank's (row group, first row, rows) of the epoch, in reading order."""
+        if self._layout is not None:
+            return [(self.all_groups[g], first, rows) for g, first, rows in self._layout[self.rank]]
+        groups = self.groups
+        if self.window:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(groups))
+            groups = [groups[i] for i in order]
+        return [(self.all_groups[g], 0, rows) for g, _, rows in groups]
 
     def _read(self, handles: dict[Path, pq.ParquetFile], g: RowGroup) -> pa.Table:
         """Decode and check one row group; any failure names the file and row group."""
@@ -172,18 +223,19 @@ class ShardReader(EpochPosition):
             raise BadDataError(f"{g}: decoded {table.num_rows} rows, its metadata says {g.rows}")
         return table
 
-    def _tables(self, groups: list[RowGroup], skip_rows: int) -> Iterator[tuple[pa.Table, Piece]]:
-        """(table, where its rows come from) per row group in order, starting `skip_rows` rows
-        in (skipped by metadata)."""
+    def _tables(self, spans: list[tuple[RowGroup, int, int]], skip_rows: int) -> Iterator[tuple[pa.Table, Piece]]:
+        """(table, where its rows come from) per span in order, starting `skip_rows` rows in
+        (skipped by metadata, not decoded)."""
         handles: dict[Path, pq.ParquetFile] = {}
-        for g in groups:
-            if skip_rows >= g.rows:
-                skip_rows -= g.rows
+        for g, first, rows in spans:
+            if skip_rows >= rows:
+                skip_rows -= rows
                 continue
             table = self._read(handles, g)
-            if skip_rows:
-                table = table.slice(skip_rows)
-            yield table, Piece(str(g.file), g.index, skip_rows, table.num_rows)
+            first, rows = first + skip_rows, rows - skip_rows
+            if (first, rows) != (0, g.rows):
+                table = table.slice(first, rows)
+            yield table, Piece(str(g.file), g.index, first, rows)
             skip_rows = 0
 
     def _windows(self, skip_rows: int) -> Iterator[list[tuple[pa.Table, Piece]]]:
@@ -191,7 +243,7 @@ class ShardReader(EpochPosition):
         each as the row-group pieces it is made of."""
         pending: list[tuple[pa.Table, Piece]] = []
         pending_rows = 0
-        for table, piece in self._tables(self._epoch_groups(), skip_rows):
+        for table, piece in self._tables(self._epoch_spans(), skip_rows):
             pending.append((table, piece))
             pending_rows += table.num_rows
             while pending_rows >= self.window:
@@ -216,7 +268,7 @@ class ShardReader(EpochPosition):
     def _pieces(self) -> Iterator[list[tuple[Block, int, int]]]:
         """Per batch, the block rows it is made of: (block, start, stop) pieces, several only
         where a batch straddles row groups (no shuffle). Every block is checked once."""
-        bs, start_rows = self.batch_size, self._start_batch * self.batch_size
+        bs, start_rows = self.batch_size, self.start_batch * self.batch_size
         if self.window:
             # Rows are permuted within each window; windows are whole numbers of batches.
             first_window = start_rows // self.window
@@ -233,7 +285,7 @@ class ShardReader(EpochPosition):
             return
         pending: list[tuple[Block, int, int]] = []
         pending_rows = 0
-        for table, piece in self._tables(self._epoch_groups(), start_rows):
+        for table, piece in self._tables(self._epoch_spans(), start_rows):
             block, a = self._checked(Block(table, self.schema), Where([piece])), 0
             block.source = _group_names([piece])[0]
             while a < block.n:
@@ -252,9 +304,9 @@ class ShardReader(EpochPosition):
         return self._sources.get(k, "")
 
     def _batches(self) -> Iterator[Batch]:
-        remaining = self.num_batches - self._start_batch
+        remaining = self.num_batches - self.start_batch
         self._sources.clear()
-        for k, pieces in enumerate(self._pieces(), start=self._start_batch):
+        for k, pieces in enumerate(self._pieces(), start=self.start_batch):
             if remaining <= 0:
                 return
             if self.drop_last and sum(b - a for _, a, b in pieces) < self.batch_size:

@@ -74,8 +74,9 @@ def spec_from_preset(preset: str, rows: int, seed: int = 0, max_table_size: int 
     if preset not in PRESETS:
         raise UserError(f"unknown synth preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     preset_args = dict(PRESETS[preset])
-    cap = max_table_size or preset_args.pop("cap")
-    mh = preset_args.pop("multi_hot") if multi_hot is None else multi_hot
+    preset_cap, preset_mh = preset_args.pop("cap"), preset_args.pop("multi_hot")
+    cap = max_table_size or preset_cap
+    mh = preset_mh if multi_hot is None else multi_hot
     if zipf_alpha is not None:
         preset_args["zipf_alpha"] = zipf_alpha
     sizes = [min(s, cap) if cap else s for s in CRITEO_KAGGLE_SIZES]

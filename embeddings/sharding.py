@@ -84,8 +84,23 @@ def table_names(model: nn.Module) -> list[str]:
             for c in m.embedding_bag_configs()]
 
 
-def constraints(model: nn.Module, cfg: EmbeddingsConfig) -> dict[str, ParameterConstraints]:
-    """ParameterConstraints per table: the global lists, overridden per table by cfg.tables."""
+# Sharding types whose optimizer state has the same keys and shapes: a table may move between
+# them when a checkpoint resumes at another world size. A data_parallel table is trained by
+# the dense optimizer, and column-wise shards keep row-wise Adagrad state per column shard,
+# so those stay what they were.
+_INTERCHANGEABLE = {ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value}
+
+
+def resume_pins(saved_plan: dict[str, str]) -> dict[str, list[str]]:
+    """{table: sharding types it may take} so that a checkpoint written with `saved_plan`
+    ({table: sharding type}) loads its optimizer state into the new plan, at any world size."""
+    return {t: sorted(_INTERCHANGEABLE) if kind in _INTERCHANGEABLE else [kind] for t, kind in saved_plan.items()}
+
+
+def constraints(model: nn.Module, cfg: EmbeddingsConfig,
+                pins: dict[str, list[str]] | None = None) -> dict[str, ParameterConstraints]:
+    """ParameterConstraints per table: the global lists, overridden per table by cfg.tables,
+    narrowed by `pins` (see resume_pins) when a checkpoint is resumed."""
     names = table_names(model)
     unknown = sorted(set(cfg.tables) - set(names))
     if unknown:
@@ -98,6 +113,13 @@ def constraints(model: nn.Module, cfg: EmbeddingsConfig) -> dict[str, ParameterC
         where = f"embeddings.tables.{name}" if name in cfg.tables else "embeddings"
         _check(types, SHARDING_TYPES, f"{where}.sharding_types")
         _check(kernels, COMPUTE_KERNELS, f"{where}.compute_kernels")
+        if pins and name in pins:
+            allowed = [t for t in (types or SHARDING_TYPES) if t in pins[name]]
+            if not allowed:
+                raise UserError(f"config key '{where}.sharding_types' {list(types)} excludes what table '{name}' "
+                                f"was in the checkpoint being resumed ({pins[name]}): its optimizer state "
+                                "would not fit")
+            types = allowed
         if table.min_partition % 4:
             raise UserError(f"config key '{where}.min_partition' must be a multiple of 4, got {table.min_partition}")
         if types or kernels or table.cache_load_factor or table.min_partition:
@@ -116,7 +138,8 @@ def _check(values: list[str], allowed: list[str], key: str) -> None:
 
 
 def make_planner(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device_type: str,
-                 batch_size: int, memory_bytes: int | None = None) -> EmbeddingShardingPlanner:
+                 batch_size: int, memory_bytes: int | None = None,
+                 pins: dict[str, list[str]] | None = None) -> EmbeddingShardingPlanner:
     """TorchRec's planner for `world_size` ranks of `device_type` (memory per rank: detected
     defaults, or `memory_bytes` of HBM on cuda / of host memory on cpu)."""
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", min(world_size, 8)))
@@ -131,13 +154,14 @@ def make_planner(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, devic
     )
     # batch_size is per rank: the planner's cost model uses it to weigh communication.
     return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
-                                    constraints=constraints(model, cfg))
+                                    constraints=constraints(model, cfg, pins))
 
 
 def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,
-                  batch_size: int, pg: dist.ProcessGroup | None = None) -> ShardingPlan:
+                  batch_size: int, pg: dist.ProcessGroup | None = None,
+                  pins: dict[str, list[str]] | None = None) -> ShardingPlan:
     """The planner's plan for this topology; collective (same on all ranks) when pg is given."""
-    planner = make_planner(model, cfg, world_size, device.type, batch_size)
+    planner = make_planner(model, cfg, world_size, device.type, batch_size, pins=pins)
     sharders = make_sharders(cfg)
     if pg is not None:
         return planner.collective_plan(model, sharders, pg)
@@ -154,13 +178,13 @@ def set_weights_dtype(model: nn.Module, dtype: str) -> None:
                 c.data_type = data_type
 
 
-def shard_model(model: nn.Module, cfg: EmbeddingsConfig, device: torch.device,
-                batch_size: int) -> DistributedModelParallel:
-    """Plan, then wrap `model` (built on meta) in DMP on `device`; parameters get initialised
-    (from the current torch seed) on the device."""
+def shard_model(model: nn.Module, cfg: EmbeddingsConfig, device: torch.device, batch_size: int,
+                pins: dict[str, list[str]] | None = None) -> DistributedModelParallel:
+    """Plan (within `pins`, see resume_pins), then wrap `model` (built on meta) in DMP on
+    `device`; parameters get initialised (from the current torch seed) on the device."""
     set_weights_dtype(model, cfg.weights_dtype)
     pg = dist.GroupMember.WORLD
-    plan = plan_sharding(model, cfg, dist.get_world_size(), device, batch_size, pg)
+    plan = plan_sharding(model, cfg, dist.get_world_size(), device, batch_size, pg, pins)
     return DistributedModelParallel(module=model, device=device, plan=plan, sharders=make_sharders(cfg))
 
 

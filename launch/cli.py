@@ -58,6 +58,13 @@ def run_dir_overrides(args: argparse.Namespace) -> list[str]:
     return out + (["--overwrite=true"] if getattr(args, "overwrite", False) else [])
 
 
+def resume_auto_by_default(cfg, extra: list[str]) -> None:
+    """Launches that may be restarted (torchrun, Ray) resume by default: `auto` unless the
+    config or the command line names another `checkpoint.resume`."""
+    if not cfg.checkpoint.resume and not any(a.replace("-", "_").startswith("--checkpoint.resume=") for a in extra):
+        cfg.checkpoint.resume = "auto"
+
+
 def add_run_dir_args(p: argparse.ArgumentParser, help_dir: str) -> None:
     p.add_argument("--run-dir", default=None, help=help_dir)
     p.add_argument("--overwrite", action="store_true",
@@ -70,6 +77,7 @@ def cmd_ray(args: argparse.Namespace, extra: list[str]) -> int:
 
     overrides = [f"--ray.num_workers={args.num_workers}"] if args.num_workers else []
     cfg = load_config(args.config, extra + overrides + run_dir_overrides(args))
+    resume_auto_by_default(cfg, extra)
     print_summary(launch(cfg))
     return 0
 

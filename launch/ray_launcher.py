@@ -15,6 +15,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from configs.errors import UserError
 from configs.loader import build
 from configs.tree import Config
 
@@ -31,18 +32,53 @@ def _worker(config: dict) -> None:
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
 
 
+def _scaling(cfg: Config):
+    """ScalingConfig: a fixed number of workers, or (min, max) for elastic training."""
+    from ray.train import ScalingConfig
+
+    workers: int | tuple[int, int] = cfg.ray.num_workers
+    if cfg.ray.min_workers:
+        if cfg.ray.min_workers > cfg.ray.num_workers:
+            raise UserError(f"config key 'ray.min_workers' ({cfg.ray.min_workers}) must be at most "
+                            f"ray.num_workers ({cfg.ray.num_workers})")
+        if not cfg.train.global_batch_size:
+            raise UserError("config key 'ray.min_workers': elastic training needs train.global_batch_size, so "
+                            "that a step keeps its size whatever the number of workers")
+        if cfg.dataset.source != "parquet":
+            raise UserError("config key 'ray.min_workers': elastic training reads with dataset.source=parquet "
+                            "(a Ray Data epoch cannot be re-split between workers mid-epoch)")
+        workers = (cfg.ray.min_workers, cfg.ray.num_workers)
+    return ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu,
+                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker})
+
+
 def launch(cfg: Config) -> dict:
-    """Train with `cfg.ray.num_workers` Ray Train workers; returns rank 0's summary."""
+    """Train with `cfg.ray.num_workers` Ray Train workers; returns rank 0's summary.
+
+    Fault tolerance: when a worker dies, Ray Train (FailureConfig, `ray.max_failures` times)
+    restarts the worker group and every worker calls `run(cfg)` again; with
+    `checkpoint.resume: auto` (the default here) they continue from the newest complete
+    checkpoint in the run folder. That folder, on storage every node sees, is the source of
+    truth: DCP writes each rank's shards there directly, and reporting the same folders to
+    Ray with `ray.train.report(checkpoint=...)` would only copy them a second time.
+    """
     import json
 
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainer.run_dir import default_run_dir
+    from trainer.run_dir import RunDir, default_run_dir
 
     cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
     cfg.run_dir = str(Path(cfg.run_dir or default_run_dir(cfg)).resolve())
+    scaling = _scaling(cfg)
+    if cfg.overwrite and cfg.checkpoint.resume in ("", "auto"):
+        # Here, once: a restarted worker group must not wipe what the first attempt saved.
+        folder = RunDir(cfg.run_dir, is_main=True)
+        folder.open(fresh=True, overwrite=True)
+        folder.close()
+        cfg.overwrite = False
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     datasets = {}
@@ -51,10 +87,11 @@ def launch(cfg: Config) -> dict:
     trainer = TorchTrainer(
         _worker,
         train_loop_config=dataclasses.asdict(cfg),
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
-        run_config=RunConfig(name=Path(cfg.run_dir).name, storage_path=str(Path(cfg.run_dir).parent / "ray")),
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
+                                 timeout_s=int(cfg.train.pg_timeout_minutes * 60)),
+        scaling_config=scaling,
+        run_config=RunConfig(name=Path(cfg.run_dir).name, storage_path=str(Path(cfg.run_dir).parent / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
         datasets=datasets,
     )
     trainer.fit()

@@ -2,6 +2,9 @@
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; trainer.distributed joins that
 group (NCCL on CUDA, gloo on CPU) and `run(cfg)` does the rest. Only rank 0 prints.
+
+`checkpoint.resume` defaults to `auto` here, so one command starts a job and, with
+`torchrun --max-restarts=N`, brings it back from its newest checkpoint after a worker dies.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from configs.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.cli import _quiet, add_run_dir_args, print_summary, run_dir_overrides
+    from launch.cli import (
+        _quiet,
+        add_run_dir_args,
+        print_summary,
+        resume_auto_by_default,
+        run_dir_overrides,
+    )
 
     p = argparse.ArgumentParser(prog="python -m launch.torchrun")
     p.add_argument("--config", required=True, help="YAML file or preset name")
@@ -27,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.loop import run
 
         cfg = load_config(args.config, extra + run_dir_overrides(args))
+        resume_auto_by_default(cfg, extra)
+        if not cfg.run_dir and os.environ.get("TORCHELASTIC_RUN_ID"):
+            # The same folder for every restart of this job (a timestamp would differ).
+            cfg.run_dir = f"runs/{cfg.model.name}-{os.environ['TORCHELASTIC_RUN_ID']}"
         summary = run(cfg)
     except UserError as e:
         print(f"shardrec: error (rank {rank}): {e}", file=sys.stderr)

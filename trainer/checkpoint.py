@@ -2,8 +2,10 @@
 
 A checkpoint is the folder RUN/checkpoints/step_<N>/ holding the model (each rank writes its
 own table shards), the combined optimizer (fused FBGEMM state included), per rank its RNG
-state and reader position, and `shardrec.json`: the step, world size, batch sizes, the last
-loss and a fingerprint of model, flavor and data set schema.
+state, and `shardrec.json`: the step, world size, batch sizes, the last loss, a fingerprint
+of model, flavor and data set schema, and the training reader's position, which does not
+depend on the world size (data_pipeline/position.py): DCP reshards model and optimizer, so
+a checkpoint resumes on any number of ranks.
 
 Saving: every rank writes into the hidden `.step_<N>.tmp/`; rank 0 adds shardrec.json and
 renames it into place (a step saved again is first moved aside to `.step_<N>.old`, so there
@@ -110,16 +112,15 @@ def check_fingerprint(path: Path, info: dict, expected: dict) -> None:
 
 
 def check_resumable(path: Path, info: dict, world_size: int, global_batch_size: int) -> None:
-    """A saved position is a batch count per rank: it means the same rows only at the same
-    world size and global batch."""
-    if info.get("world_size") != world_size:
-        raise UserError(f"checkpoint '{path}' was written by {info.get('world_size')} ranks; resume it with "
-                        f"the same world size (this run has {world_size}); evaluation works at any size")
+    """Any world size may resume a checkpoint, with the same global batch: a step must keep
+    meaning the same number of rows, for the learning-rate schedule and max_steps."""
     if info.get("global_batch_size") != global_batch_size:
+        hint = (f"; at world size {world_size} that is train.batch_size={info.get('global_batch_size') // world_size} "
+                f"(or set train.global_batch_size={info.get('global_batch_size')})"
+                if isinstance(info.get("global_batch_size"), int) and info["global_batch_size"] % world_size == 0 else "")
         raise UserError(f"config key 'train.batch_size' (or train.global_batch_size): checkpoint '{path}' was "
                         f"trained with a global batch of {info.get('global_batch_size')} rows, this run has "
-                        f"{global_batch_size}; its data position would point at other rows. Resume with the "
-                        "same global batch size")
+                        f"{global_batch_size}. Resume with the same global batch size{hint}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,12 +166,12 @@ def first_nonfinite(state: dict) -> str | None:
     return None
 
 
-def _state(model: torch.nn.Module, optimizer: Any | None, reader_state: dict | None) -> dict:
+def _state(model: torch.nn.Module, optimizer: Any | None, rng: bool) -> dict:
     """The DCP state dict; on load it is the template DCP fills in place, so its keys are fixed."""
     # Per-rank entries carry the rank in their key: DCP keeps one copy of equal keys.
     state: dict = {"model": model.state_dict()}
-    if reader_state is not None:
-        state[f"rank{_rank()}"] = {"rng": torch.get_rng_state(), "reader": {"epoch": 0, "batches": 0, **reader_state}}
+    if rng:
+        state[f"rank{_rank()}"] = {"rng": torch.get_rng_state()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     return state
@@ -182,14 +183,15 @@ def _clean_leftovers(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: Any,
-                    reader_state: dict | None, info: dict, keep: int = 0) -> Path:
-    """Write step_<step> (see the module docstring); `info` goes into shardrec.json (with
-    the fingerprint, world size and global batch size). Keeps the newest `keep` (0 = all)."""
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: Any, info: dict,
+                    keep: int = 0) -> Path:
+    """Write step_<step> (see the module docstring); `info` goes into shardrec.json (the
+    fingerprint, world size, global batch size, reader position). Keeps the newest `keep`
+    (0 = all)."""
     rank = _rank()
     final = root / f"{PREFIX}{step}"
     tmp, old = root / f".{PREFIX}{step}.tmp", root / f".{PREFIX}{step}.old"
-    state = _state(model, optimizer, reader_state)
+    state = _state(model, optimizer, rng=True)
     bad = first_nonfinite(state["model"])
     if bad is not None:  # every rank checks its own shards; a rank that raises ends the job
         raise UserError(f"not saving checkpoint step_{step}: parameter '{bad}' holds NaN or inf (training "
@@ -252,11 +254,12 @@ def _check_keys(path: Path, template: dict, prefixes: tuple[str, ...]) -> None:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, expected: dict, optimizer: Any | None = None,
                     for_resume: bool = False) -> dict:
-    """Load model (and optimizer) state in place, strictly; returns {"step", "info"} and, with
-    `for_resume`, this rank's {"reader", "rng"}.
+    """Load model (and optimizer) state in place, strictly; returns {"step", "info", "rng"}:
+    with `for_resume`, "rng" is this rank's RNG state (None for a rank the checkpoint's world
+    did not have), the reader position is info["reader"].
 
-    `expected` is `fingerprint(...)` of this run. The model loads at any world size (DCP
-    reshards the tables); resuming checks the world size and batch with `check_resumable`.
+    `expected` is `fingerprint(...)` of this run. Model and optimizer load at any world size
+    (DCP reshards the tables); `check_resumable` checks the batch size.
     """
     if not path.is_dir() or not (path / ".metadata").is_file():
         raise UserError(f"'{path}' is not a checkpoint folder (no DCP .metadata inside)")
@@ -264,15 +267,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, expected: dict, optimize
     check_fingerprint(path, info, expected)
     if optimizer is not None:
         _materialise_dense_state(optimizer)
-    state = _state(model, optimizer, {} if for_resume else None)
+    saved_ranks = int(info.get("world_size", 1))
+    state = _state(model, optimizer, rng=for_resume and _rank() < saved_ranks)
     prefixes = ("model.",) + (("optim.",) if optimizer is not None else ())
     _check_keys(path, state, prefixes)
     safe_load(state, str(path))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    out = {"step": int(info["step"]), "info": info}
-    if for_resume:
-        mine = state[f"rank{_rank()}"]
-        out.update(reader=mine["reader"], rng=mine["rng"])
-    return out
+    mine = state.get(f"rank{_rank()}")
+    return {"step": int(info["step"]), "info": info, "rng": mine["rng"] if mine else None}

@@ -1,6 +1,10 @@
 """Process group and device for this process, whoever launched it.
 
-- torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR: join that group (env://).
+- torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR: join that group. When its
+  agent shares its TCP store with the workers (torch's default), the keys of each restart
+  attempt get a prefix of their own: otherwise a restarted rank can read a dead peer's
+  address left by the previous attempt and fail in gloo's connectFullMesh ("Connection
+  refused"), or hang (seen in 3 of 7 restarts; pytorch/pytorch#135712).
 - Ray Train's TorchTrainer has already made the group: use it as is.
 - Otherwise (CPU mode, tests): a one-process gloo group on an in-memory store, so TorchRec's
   DistributedModelParallel runs unchanged with no port to open.
@@ -11,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,8 +35,19 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed() -> DistEnv:
+def _torchrun_store(timeout: timedelta) -> dist.Store | None:
+    """The agent's store with a per-attempt prefix, when torchrun shares its store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None  # rank 0 hosts a fresh store each attempt: no stale keys
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"shardrec/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
+    """Join or make the process group; collectives fail after `timeout_minutes`."""
     use_cuda = torch.cuda.is_available()
+    timeout = timedelta(minutes=timeout_minutes)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -40,7 +56,12 @@ def init_distributed() -> DistEnv:
     owns = False
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend=backend, init_method="env://")
+            store = _torchrun_store(timeout)
+            if store is not None:
+                dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                        world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+            else:
+                dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
         owns = True

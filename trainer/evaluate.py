@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from data_pipeline.convert_arrow import placeholder_batch
 from data_pipeline.reader import ShardReader
 from trainer.metrics import ClickMetrics
 
@@ -20,8 +21,8 @@ def evaluate(model: torch.nn.Module, reader: ShardReader, device: torch.device,
     """Score `model` (a ClickTask, sharded or not) on this rank's part of a split.
 
     A sharded forward is a collective (all-to-all of embeddings), so every rank runs the
-    same number of forwards: a rank whose part is shorter repeats its last batch and
-    ignores the result. Returns auc, logloss, rows, label_rate, ne, calibration,
+    same number of forwards: a rank whose part is shorter repeats its last batch (or, with
+    no rows of the split at all, a placeholder row) and ignores the result. Returns auc, logloss, rows, label_rate, ne, calibration,
     accuracy, mse, rmse and auc_error_bound over all ranks (see trainer.metrics).
     """
     was_training = model.training
@@ -34,7 +35,7 @@ def evaluate(model: torch.nn.Module, reader: ShardReader, device: torch.device,
     batch = None
     for _ in range(steps):
         real = next(batches, None)
-        batch = real if real is not None else batch
+        batch = real if real is not None else batch if batch is not None else placeholder_batch(reader.schema)
         _, (_, logits, labels) = model(batch.to(device))
         if real is not None:
             metrics.update(logits, labels)

@@ -26,7 +26,7 @@ from configs.errors import UserError
 from configs.tree import Config
 from data_pipeline.reader import ShardReader
 from data_pipeline.schema import DatasetSchema, load_schema
-from embeddings.sharding import describe_plan, shard_model
+from embeddings.sharding import describe_plan, resume_pins, shard_model
 from trainer.checkpoint import (
     check_fingerprint,
     check_resumable,
@@ -47,57 +47,86 @@ from trainer.task import ClickTask
 
 def run(cfg: Config) -> dict:
     """Train, evaluate and checkpoint as `cfg` says; returns the summary (also in summary.json)."""
-    env = init_distributed()
+    env = init_distributed(cfg.train.pg_timeout_minutes)
     try:
         return _run(cfg, env)
     finally:
         shutdown(env)
 
 
-def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv):
-    """ClickTask(model) built on meta, sharded by embeddings/, with its combined optimizer."""
+def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_plan: dict | None = None):
+    """ClickTask(model) built on meta, sharded by embeddings/, with its combined optimizer.
+    `saved_plan` ({table: sharding type}) of a checkpoint to resume keeps each table's
+    optimizer state loadable, at any world size (embeddings.sharding.resume_pins)."""
     torch.manual_seed(cfg.train.seed)
     task = ClickTask(build_model(schema, cfg.model, torch.device("meta")), precision=cfg.train.precision,
                      device_type=env.device.type)
-    dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size)
+    dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size,
+                      resume_pins(saved_plan) if saved_plan else None)
     return dmp, make_optimizer(dmp, cfg.optimizer)
 
 
-def open_run_dir(cfg: Config, run_dir: RunDir, expected: dict, world_size: int) -> str | None:
-    """Rank 0: lock the run folder, check it suits this run, and pick the checkpoint to
-    resume from (None for a fresh run), checked against this run's fingerprint, world size
-    and global batch before anything is written."""
+def restarted() -> bool:
+    """This process is a restart of a failed attempt of the same job (torchrun --max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def choose_checkpoint(cfg: Config, checkpoints: Path) -> Path | None:
+    """The checkpoint this run resumes from, None for a fresh start (read-only). `auto`: the
+    newest complete one, or none (also with --overwrite on a job's first attempt)."""
     choice = cfg.checkpoint.resume
-    run_dir.open(fresh=not choice, overwrite=cfg.overwrite)
+    if choice == "auto":
+        return None if cfg.overwrite and not restarted() else latest_checkpoint(checkpoints)
+    if choice == "latest":
+        path = latest_checkpoint(checkpoints)
+        if path is None:
+            raise UserError(f"checkpoint.resume is 'latest' but '{checkpoints}' holds no complete checkpoint "
+                            "(checkpoint.resume=auto starts afresh in that case)")
+        return path
     if not choice:
         return None
-    path = latest_checkpoint(run_dir.checkpoints) if choice == "latest" else Path(choice)
-    if path is None:
-        raise UserError(f"checkpoint.resume is 'latest' but '{run_dir.checkpoints}' holds no complete checkpoint")
+    path = Path(choice)
     if not (path / ".metadata").is_file():
         raise UserError(f"config key 'checkpoint.resume': '{path}' is not a checkpoint folder (no DCP .metadata inside)")
-    info = read_info(path)
-    check_fingerprint(path, info, expected)
-    check_resumable(path, info, world_size, cfg.train.batch_size * world_size)
-    return str(path)
+    return path
+
+
+def open_run_dir(cfg: Config, run_dir: RunDir, expected: dict, world_size: int, path: str | None) -> None:
+    """Rank 0: lock the run folder and check it suits this run before anything is written:
+    a fresh run (`path` None) does not overwrite an earlier one unless told to; a resume
+    checks the checkpoint's fingerprint and global batch, and drops what an interrupted
+    attempt logged after it."""
+    # A restarted attempt must not wipe what the first one saved.
+    run_dir.open(fresh=path is None, overwrite=cfg.overwrite and not restarted())
+    if path is None:
+        return
+    if cfg.checkpoint.resume in ("auto", "latest") and str(latest_checkpoint(run_dir.checkpoints)) != path:
+        raise UserError(f"run folder '{run_dir.path}' changed while this run started (another writer?)")
+    info = read_info(Path(path))
+    check_fingerprint(Path(path), info, expected)
+    check_resumable(Path(path), info, world_size, cfg.train.batch_size * world_size)
+    if Path(path).parent == run_dir.checkpoints:
+        run_dir.rewind(int(info["step"]))
 
 
 def resume(cfg: Config, path: str | None, expected: dict, run_dir: RunDir, model, optimizer,
-           scheduler) -> tuple[int, int, int]:
-    """Restore checkpoint `path`; returns (step, epoch, batches done in that epoch), (0, 0, 0)
-    for a fresh run (None). The model, both optimizers, the learning-rate schedule, the RNG
-    and the reader position all continue where the checkpoint left off."""
+           scheduler) -> tuple[int, dict | None]:
+    """Restore checkpoint `path`; returns (step, reader position), (0, None) for a fresh run.
+    The model, both optimizers, the learning-rate schedule, the RNG (of the ranks the
+    checkpoint had) and the reader position all continue where the checkpoint left off."""
     if path is None:
-        return 0, 0, 0
+        return 0, None
     state = load_checkpoint(Path(path), model, expected, optimizer, for_resume=True)
-    torch.set_rng_state(state["rng"])
+    if state["rng"] is not None:
+        torch.set_rng_state(state["rng"])
     scheduler.last_epoch = state["step"]
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base * lr_multiplier(state["step"], cfg.optimizer)
     optimizer.step()  # hands the restored learning rate to the FBGEMM kernels; no gradients yet
-    reader = state["reader"]
-    run_dir.log({"event": "resume", "checkpoint": str(path), "step": state["step"], **reader})
-    return state["step"], int(reader["epoch"]), int(reader["batches"])
+    reader = state["info"]["reader"]
+    run_dir.log({"event": "resume", "checkpoint": str(path), "step": state["step"], "epoch": reader["epoch"],
+                 "batches": reader["batches"], "from_world_size": state["info"]["world_size"]})
+    return state["step"], reader
 
 
 def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
@@ -156,23 +185,44 @@ def resolve_batch_size(cfg: Config, world_size: int) -> None:
         cfg.train.batch_size = cfg.train.global_batch_size // world_size
 
 
-def check_loss(loss: torch.Tensor, step: int, epoch: int, batch: int, reader, env: DistEnv) -> float:
-    """The step's loss as a float; a NaN or inf on any rank stops every rank with a UserError
-    naming the step and this rank's input (one small all-reduce per step when distributed)."""
-    value = float(loss)
-    worst = value
-    if env.world_size > 1:
-        flag = torch.tensor([0.0 if math.isfinite(value) else 1.0])
-        torch.distributed.all_reduce(flag)
-        worst = math.nan if flag.item() else value
-    if math.isfinite(worst):
-        return value
+class StepSync:
+    """Per step, what every rank must agree on: whether any rank's loss is non-finite, and
+    whether a time-based checkpoint is due (clocks differ between ranks, so rank 0's says).
+    One small all-reduce per step when distributed, none in one process."""
+
+    def __init__(self, env: DistEnv, every_minutes: float):
+        self.env, self.every_s = env, every_minutes * 60
+        self.last_save = time.monotonic()
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
+
+    def __call__(self, loss: torch.Tensor, step: int, epoch: int, batch: int, reader) -> tuple[float, bool]:
+        """(this rank's loss, a time-based checkpoint is due); raises UserError naming the
+        step and this rank's input when any rank's loss is NaN or inf."""
+        value = float(loss)
+        due = bool(self.every_s) and self.env.is_main and time.monotonic() - self.last_save >= self.every_s
+        flags = [0.0 if math.isfinite(value) else 1.0, 1.0 if due else 0.0]
+        if self.env.world_size > 1:
+            t = torch.tensor(flags)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flags = t.tolist()
+        if flags[0]:
+            raise UserError(_diverged(value, step, epoch, batch, reader, self.env))
+        return value, bool(flags[1])
+
+
+def _diverged(value: float, step: int, epoch: int, batch: int, reader, env: DistEnv) -> str:
     source = getattr(reader, "describe_batch", lambda k: "")(batch)
-    where = (f"on this rank (rank {env.rank}) from batch {batch} of epoch {epoch}" + (f", read from {source}" if source else "")
-             if not math.isfinite(value) else f"on another rank (this is rank {env.rank})")
-    raise UserError(f"training diverged at step {step}: the loss is {value if not math.isfinite(value) else 'non-finite'} "
-                    f"{where}. No checkpoint of the diverged model was written. Lower the learning rates "
-                    "(optimizer.lr, embeddings.lr), add warmup (optimizer.warmup_steps), or check that batch's rows")
+    if math.isfinite(value):
+        where, shown = f"on another rank (this is rank {env.rank})", "non-finite"
+    else:
+        where = f"on this rank (rank {env.rank}) from batch {batch} of epoch {epoch}" + (
+            f", read from {source}" if source else "")
+        shown = str(value)
+    return (f"training diverged at step {step}: the loss is {shown} {where}. No checkpoint of the diverged "
+            "model was written. Lower the learning rates (optimizer.lr, embeddings.lr), add warmup "
+            "(optimizer.warmup_steps), or check that batch's rows")
 
 
 def _run(cfg: Config, env: DistEnv) -> dict:
@@ -183,17 +233,18 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     train = train_reader(cfg, schema, env)
     evaluation = eval_reader(cfg, schema, env)
     validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if cfg.eval.every_steps else None
-    model, optimizer = build_sharded_task(schema, cfg, env)
     if not cfg.run_dir:
         # Rank 0 names the folder (a timestamp could differ between ranks) and tells the rest.
         name = [default_run_dir(cfg)]
         if env.world_size > 1:
             torch.distributed.broadcast_object_list(name, src=0)
         cfg.run_dir = name[0]
-    expected = fingerprint(cfg.model, schema)
     run_dir = RunDir(cfg.run_dir, env.is_main)
+    resume_from, saved_plan = on_rank0(env, lambda: _peek(choose_checkpoint(cfg, run_dir.checkpoints)))
+    model, optimizer = build_sharded_task(schema, cfg, env, saved_plan)
+    expected = fingerprint(cfg.model, schema)
     try:
-        resume_from = on_rank0(env, lambda: open_run_dir(cfg, run_dir, expected, env.world_size))
+        on_rank0(env, lambda: open_run_dir(cfg, run_dir, expected, env.world_size, resume_from))
         run_dir.write_config(cfg)
         try:
             return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer,
@@ -205,49 +256,63 @@ def _run(cfg: Config, env: DistEnv) -> dict:
         run_dir.close()  # flushes TensorBoard, releases the folder's lock
 
 
+def _peek(path: Path | None) -> tuple[str | None, dict | None]:
+    """(checkpoint path, its sharding plan) to plan the model the checkpoint will load into."""
+    return (None, None) if path is None else (str(path), read_info(path).get("plan"))
+
+
 def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run_dir: RunDir,
            resume_from: str | None, model, optimizer, train, evaluation, validation) -> dict:
     scheduler = make_scheduler(optimizer, cfg.optimizer)
     global_batch = cfg.train.batch_size * env.world_size
     info = {"fingerprint": expected, "world_size": env.world_size, "global_batch_size": global_batch,
-            "batch_size": cfg.train.batch_size}
+            "batch_size": cfg.train.batch_size,
+            "plan": {t: p["sharding_type"] for t, p in describe_plan(model).items()}}
 
-    total = len(train) * cfg.train.epochs
-    if cfg.train.max_steps:
-        total = min(total, cfg.train.max_steps)
+    # Steps: max_steps, or every batch of every epoch (a resumed epoch may hold a few more or
+    # fewer batches than len(train) says when it continues at another world size).
+    limit = cfg.train.max_steps or math.inf
+    total = min(len(train) * cfg.train.epochs, limit)  # for progress and the ETA
     progress = Progress(total, global_batch, enabled=env.is_main,
                         bar=cfg.train.progress and sys.stderr.isatty(), log_every=cfg.train.log_every)
     pipeline_cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
     pipeline = pipeline_cls(model, optimizer, env.device)
 
-    step, first_epoch, in_epoch = resume(cfg, resume_from, expected, run_dir, model, optimizer, scheduler)
+    step, position = resume(cfg, resume_from, expected, run_dir, model, optimizer, scheduler)
+    sync = StepSync(env, cfg.checkpoint.every_minutes)
     value = None  # the last step's loss (for the checkpoints' shardrec.json)
+
+    def save(in_epoch: int) -> None:
+        save_checkpoint(run_dir.checkpoints, step, model, optimizer,
+                        {**info, "loss": value, "reader": train.state_dict(in_epoch)}, cfg.checkpoint.keep)
+        sync.saved()
+
     start_step, start = step, time.perf_counter()
-    for epoch in range(first_epoch, cfg.train.epochs):
-        if step >= total:
+    in_epoch = 0
+    for epoch in range(position["epoch"] if position else 0, cfg.train.epochs):
+        if step >= limit:
             break
         train.set_epoch(epoch)
-        if epoch == first_epoch and in_epoch:
-            train.load_state_dict({"epoch": epoch, "batches": in_epoch})  # continue mid-epoch
-        else:
-            in_epoch = 0
+        if position and epoch == position["epoch"]:
+            train.load_state_dict(position)  # continue mid-epoch, at this world size
+        in_epoch = train.start_batch
         batches = iter(train)
-        while step < total:
+        while step < limit:
             try:
                 loss, _, _ = pipeline.progress(batches)
             except StopIteration:
                 break
             step, in_epoch = step + 1, in_epoch + 1
-            value = check_loss(loss, step, epoch, in_epoch - 1, train, env)
+            value, due = sync(loss, step, epoch, in_epoch - 1, train)
             scheduler.step()
             record = progress.step(step, epoch, value, lrs=[g["lr"] for g in optimizer.param_groups])
             if record:
                 run_dir.log(record)
-            if validation is not None and step % cfg.eval.every_steps == 0 and step < total:
+            if validation is not None and step % cfg.eval.every_steps == 0 and step < limit:
                 validate(pipeline, model, validation, env, cfg, run_dir, step)
-            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total:
-                save_checkpoint(run_dir.checkpoints, step, model, optimizer, train.state_dict(in_epoch),
-                                {**info, "loss": value}, cfg.checkpoint.keep)
+            every = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
+            if (every or due) and step < limit:
+                save(in_epoch)
         batches.close()
     wall = time.perf_counter() - start
     progress.close()
@@ -258,8 +323,7 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     # The trained model is saved before the final evaluation, so an evaluation that fails
     # cannot lose it.
     if cfg.checkpoint.save_final:
-        save_checkpoint(run_dir.checkpoints, step, model, optimizer, train.state_dict(in_epoch),
-                        {**info, "loss": value}, cfg.checkpoint.keep)
+        save(in_epoch)
     metrics = evaluate(model, evaluation, env.device, cfg.eval.max_batches)
     run_dir.log({"event": "eval", "split": cfg.eval.split, "step": step, **metrics})
 

@@ -50,31 +50,47 @@ class RunDir:
         self.path, self.is_main = Path(path), is_main
         self._writer = None  # made at the first record, so reading a run folder adds no events
         self._lock_fd: int | None = None
+        self._purge_step: int | None = None  # set by rewind(): TensorBoard drops later events
 
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
     def open(self, fresh: bool, overwrite: bool = False) -> None:
-        """Rank 0: create the folder and take its lock; for a `fresh` run (not a resume),
-        refuse a folder holding an earlier run's checkpoints or summary unless `overwrite`
-        (which removes them), and drop a failed earlier run's logs so they do not mix."""
+        """Rank 0: create the folder and take its lock, then for a `fresh` run `prepare_fresh`."""
         if not self.is_main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
-        try:
-            if not fresh:
-                return
-            held = self._earlier_results()
-            if held and not overwrite:
-                raise UserError(
-                    f"run folder '{self.path}' already holds a run ({', '.join(held)}): resume it with "
-                    "--checkpoint.resume=latest, replace it with --overwrite, or choose another --run-dir")
-            self._remove_earlier_run()
-        except BaseException:
-            self.close()
-            raise
+        if fresh:
+            try:
+                self.prepare_fresh(overwrite)
+            except BaseException:
+                self.close()
+                raise
+
+    def prepare_fresh(self, overwrite: bool) -> None:
+        """For a run that starts from step 0: refuse a folder holding an earlier run's
+        checkpoints or summary unless `overwrite` (which removes them), and drop a failed
+        earlier run's logs so they do not mix with this one's."""
+        held = self._earlier_results()
+        if held and not overwrite:
+            raise UserError(
+                f"run folder '{self.path}' already holds a run ({', '.join(held)}): resume it with "
+                "--checkpoint.resume=latest, replace it with --overwrite, or choose another --run-dir")
+        self._remove_earlier_run()
+
+    def rewind(self, step: int) -> None:
+        """A run resumes at `step`: drop what an interrupted attempt logged after it, so
+        metrics.jsonl holds each step once, and have TensorBoard discard those events too."""
+        if not self.is_main:
+            return
+        self._purge_step = step + 1
+        metrics = self.path / "metrics.jsonl"
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            atomic_write(metrics, "".join(f"{line}\n" for line in kept))
 
     def _lock(self) -> None:
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -126,7 +142,7 @@ class RunDir:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path))
+            self._writer = SummaryWriter(log_dir=str(self.path), purge_step=self._purge_step)
         return self._writer
 
     def close(self) -> None:

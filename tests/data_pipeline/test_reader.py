@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -139,7 +140,7 @@ def _groups(*rows: int) -> list[RowGroup]:
 def test_assign_row_groups(rows, world_size, want):
     groups = _groups(*rows)
     got = assign_row_groups(groups, world_size)
-    assert [[groups.index(g) for g in rank] for rank in got] == want
+    assert got == want
     assert assign_row_groups(groups, world_size) == got  # deterministic
 
 
@@ -150,9 +151,9 @@ def test_assign_row_groups_balance_property():
         world_size = int(rng.integers(1, 9))
         got = assign_row_groups(groups, world_size)
         flat = [g for rank in got for g in rank]
-        assert sorted(flat, key=groups.index) == groups  # disjoint and complete
-        assert all(rank == sorted(rank, key=groups.index) for rank in got)  # split order
-        totals = [sum(g.rows for g in rank) for rank in got]
+        assert sorted(flat) == list(range(len(groups)))  # disjoint and complete
+        assert all(rank == sorted(rank) for rank in got)  # split order
+        totals = [sum(groups[g].rows for g in rank) for rank in got]
         assert max(totals) - min(totals) <= max(g.rows for g in groups)
 
 
@@ -189,8 +190,7 @@ def test_ranks_together_read_every_row_once(indexed, rows_of, shuffle, world_siz
         assert len(rows) == len(reader)
         per_rank.append(np.concatenate(rows))
         # the rank reads exactly the row groups it was assigned, in split order
-        order = list_row_groups(split_files(ds.path, "train"), ds.schema)
-        spans = [ds.groups[order.index(g)] for g in reader.groups]
+        spans = [ds.groups[g] for g, _, _ in reader.groups]
         assert spans == sorted(spans)
         mine = np.concatenate([np.arange(s, s + n) for s, n in spans])
         np.testing.assert_array_equal(np.sort(per_rank[-1]), mine)
@@ -367,7 +367,7 @@ def test_resume_then_next_epoch_is_a_full_epoch(shuffled_ds, rows_of):
     rest = _epoch_rows(resumed, rows_of)
     assert [r.tolist() for r in rest] == [r.tolist() for r in ref_epochs[1][6:]]
     resumed.set_epoch(2)
-    assert resumed.state_dict(0) == {"epoch": 2, "batches": 0}
+    assert resumed.state_dict(0) == {"epoch": 2, "batches": 0, "batch_size": 10, "world_size": 1, "layout": None}
     assert [r.tolist() for r in _epoch_rows(resumed, rows_of)] == [r.tolist() for r in ref_epochs[2]]
 
 
@@ -376,9 +376,9 @@ def test_state_dict_round_trips_through_a_checkpoint_like_dict(shuffled_ds):
     r = ShardReader(ds.path, "train", ds.schema, 10, shuffle_buffer=20, seed=1)
     r.set_epoch(4)
     state = r.state_dict(3)
-    assert state == {"epoch": 4, "batches": 3}
+    assert state == {"epoch": 4, "batches": 3, "batch_size": 10, "world_size": 1, "layout": None}
     other = ShardReader(ds.path, "train", ds.schema, 10, shuffle_buffer=20, seed=1)
-    other.load_state_dict(dict(state))
+    other.load_state_dict(json.loads(json.dumps(state)))  # checkpoints keep it as JSON
     assert other.state_dict(3) == state
 
 
@@ -479,3 +479,56 @@ def test_batch_of_interleaved_features_across_blocks():
     assert whole.sparse_features.values().tolist() == [
         *range(13), *[v for r in range(13) if r % 5 != 3 for v in range(r % 3)],
         *range(10, 23), *range(20, 33), *[r for r in range(13) if r % 2]]
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming an epoch at another world size (data_pipeline/position.py).
+
+def _readers(ds, world_size, batch_size, **kw):
+    return [ShardReader(ds.path, "train", ds.schema, batch_size, rank=r, world_size=world_size,
+                        prefetch_batches=0, **kw) for r in range(world_size)]
+
+
+def _take(readers, rows_of, batches=None):
+    """Run the ranks in lockstep for `batches` steps (None: the epoch); the rows each read."""
+    out = []
+    for reader in readers:
+        rows = [rows_of(b) for b in reader]
+        out.append(rows[:batches] if batches is not None else rows)
+    return [np.concatenate(r) if r else np.zeros(0, int) for r in out]
+
+
+@pytest.mark.parametrize("sizes", [[(2, 8, 3), (1, 16, None)], [(1, 16, 2), (2, 8, None)],
+                                   [(2, 8, 2), (3, 6, 2), (1, 16, None)], [(3, 5, 4), (2, 7, None)]])
+def test_an_epoch_continues_at_another_world_size_reading_every_row_once(indexed, rows_of, sizes):
+    """(world size, batch per rank, steps) legs: each leg resumes the previous one's position
+    (through JSON, as a checkpoint keeps it); over the job every row is read once, except the
+    drop_last remainder of the last leg (fewer rows than one global batch)."""
+    ds = indexed([[17, 40, 3], [25], [31, 9, 12, 6]])  # 143 rows, uneven row groups
+    seen, state = [], None
+    for world_size, batch, steps in sizes:
+        readers = _readers(ds, world_size, batch)
+        if state is not None:
+            for r in readers:
+                r.load_state_dict(json.loads(json.dumps(state)))
+        rows = _take(readers, rows_of, steps)
+        done = steps if steps is not None else len(readers[0]) - readers[0].start_batch
+        assert all(len(r) == done * batch for r in rows)  # lockstep: equal full batches
+        seen.extend(rows)
+        state = readers[0].state_dict(readers[0].start_batch + done)
+        assert all(r.state_dict(r.start_batch + done) == state for r in readers)  # one global position
+    everything = np.concatenate(seen)
+    assert len(np.unique(everything)) == len(everything)  # nothing twice
+    missing = np.setdiff1d(np.arange(ds.rows), everything)
+    last_world, last_batch, _ = sizes[-1]
+    assert len(missing) < last_world * last_batch  # only the final drop_last remainder
+
+
+def test_a_half_read_shuffled_epoch_continues_only_at_its_own_world_size(indexed):
+    ds = indexed([[17, 40, 3], [25], [31, 9, 12, 6]])
+    state = _readers(ds, 2, 8, shuffle_buffer=16)[0].state_dict(3)
+    other = _readers(ds, 1, 16, shuffle_buffer=16)[0]
+    with pytest.raises(UserError, match="shuffled epoch can continue at another world size.*only from its start"):
+        other.load_state_dict(state)
+    other.load_state_dict({**state, "batches": 0})  # an epoch boundary is fine
+    assert other.start_batch == 0

@@ -245,3 +245,11 @@ def test_minimum_rows_give_every_split_a_row(make_spec, tmp_path, fast_calibrati
     for split in SPLITS:
         assert schema.splits[split] >= 1, schema.splits
         assert list((out / split).glob("*.parquet"))
+
+
+def test_max_table_size_and_multi_hot_override_every_preset():
+    from data_pipeline.synth import PRESETS, spec_from_preset
+
+    for preset in PRESETS:
+        spec = spec_from_preset(preset, 100, max_table_size=50, multi_hot=3)
+        assert max(spec.table_sizes) == 50 and spec.max_ids[-1] == 3, preset
