@@ -14,7 +14,7 @@ STAMP := $(VENV)/.shardrec-installed
 DEMO_DATA := data/demo
 DEMO_ROWS := 1250000
 
-.PHONY: install demo test lint docs clean
+.PHONY: install demo test test-long lint docs clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ demo: $(STAMP) $(DEMO_DATA)/schema.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Fault-injection loops (minutes each; results in docs/reliability.md): a worker killed
+# mid-run must come back with the weights of an uninterrupted run, every time.
+test-long: $(STAMP)
+	$(BIN)/python bench/fault_loop.py --launcher torchrun --runs 10
+	$(BIN)/python bench/fault_loop.py --launcher ray --runs 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

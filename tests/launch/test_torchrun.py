@@ -37,3 +37,33 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
         assert p["compute_kernel"] == expected, (table, p)
     assert any(p["sharding_type"] != "data_parallel" for p in summary["plan"].values())
     assert (run_dir / "checkpoints" / f"step_{summary['steps']}" / ".metadata").is_file()
+
+
+@pytest.mark.slow
+def test_three_ranks_evaluate_a_split_of_two_row_groups_like_one(tmp_path):
+    """Rank 2 holds no row of the test split: it still joins every sharded forward, and the
+    AUC over all ranks equals the single-process one."""
+    from data_pipeline.synth import generate, spec_from_preset
+
+    spec = spec_from_preset("tiny", 6000, seed=4)
+    spec.rows_per_file, spec.row_group_rows = 1000, 300
+    data = tmp_path / "data"
+    schema = generate(spec, data)
+    assert schema.splits["test"] == 600  # two row groups of 300
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+         "-m", "launch.torchrun", "--config", "tiny", f"--dataset.path={data}", "--run-dir", str(run_dir),
+         "--train.num_threads=1", "--train.batch_size=64", "--eval.batch_size=128"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 3 and summary["eval_rows"] == 600
+    single = subprocess.run([sys.executable, "-m", "launch.cli", "eval", "--run-dir", str(run_dir)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads(single.stdout)
+    assert one["rows"] == 600 and one["step"] == summary["steps"]
+    assert one["auc"] == pytest.approx(summary["auc"], abs=1e-6)
+    assert summary["auc"] > 0.55
