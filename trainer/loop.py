@@ -288,14 +288,17 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
         sync.saved()
 
     start_step, start = step, time.perf_counter()
-    in_epoch = 0
-    for epoch in range(position["epoch"] if position else 0, cfg.train.epochs):
+    first = position["epoch"] if position else 0
+    train.set_epoch(first)
+    if position:
+        train.load_state_dict(position)  # continue mid-epoch, at this world size
+    in_epoch = train.start_batch  # batches done in the current epoch (what checkpoints record)
+    for epoch in range(first, cfg.train.epochs):
         if step >= limit:
             break
-        train.set_epoch(epoch)
-        if position and epoch == position["epoch"]:
-            train.load_state_dict(position)  # continue mid-epoch, at this world size
-        in_epoch = train.start_batch
+        if epoch != first:
+            train.set_epoch(epoch)
+            in_epoch = 0
         batches = iter(train)
         while step < limit:
             try:
