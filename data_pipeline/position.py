@@ -21,6 +21,8 @@ its start or its end; `relayout` says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from configs.errors import UserError
 
 Span = tuple[int, int, int]  # (row group id, first row, rows)
@@ -62,7 +64,7 @@ def split_even(spans: list[Span], world_size: int) -> list[list[Span]]:
     return parts
 
 
-def relayout(state: dict, standard_for: callable, world_size: int, batch_size: int,
+def relayout(state: dict, standard_for: Callable[[int], list[list[Span]]], world_size: int, batch_size: int,
              shuffled: bool) -> tuple[list[list[Span]] | None, int]:
     """Where to continue epoch `state["epoch"]` at `world_size` ranks of `batch_size` rows:
     returns (layout for this epoch, or None for the standard one; batches already done in it).

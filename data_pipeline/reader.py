@@ -142,7 +142,7 @@ class ShardReader(EpochPosition):
             raise UserError("pin_memory needs CUDA (it speeds up copies to a GPU); this machine has none")
         self.schema, self.batch_size, self.drop_last = schema, batch_size, drop_last
         self.prefetch_batches, self.seed, self.pin_memory = prefetch_batches, seed, pin_memory
-        self.rank, self.world_size, self.split = rank, world_size, split
+        self.rank, self.world_size = rank, world_size
         # validate=False (no value checks, no page checksums) exists for bench/bench_data.py,
         # which measures what the checks cost.
         self.on_bad_dense, self.validate = on_bad_dense, validate

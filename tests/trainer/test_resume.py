@@ -42,3 +42,16 @@ def test_resume_mid_second_epoch_matches_the_uninterrupted_run(tiny_data, tmp_pa
 def test_resume_latest_without_checkpoints_is_a_clear_error(tiny_data, tmp_path):
     with pytest.raises(UserError, match="checkpoint.resume is 'latest'.*holds no complete checkpoint"):
         run(_cfg(tiny_data, tmp_path / "empty", "--checkpoint.resume=latest"))
+
+
+def test_resuming_a_finished_run_keeps_its_position_and_more_epochs_continue(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [f"--dataset.path={tiny_data}", f"--run_dir={run_dir}", "--train.log_every=10"]
+    done = run(load_config("tiny", args))
+    info = json.loads((run_dir / "checkpoints" / f"step_{done['steps']}" / "shardrec.json").read_text())
+    again = run(load_config("tiny", [*args, "--checkpoint.resume=auto"]))  # nothing left to run
+    assert again["steps"] == done["steps"]
+    assert json.loads((run_dir / "checkpoints" / f"step_{done['steps']}" / "shardrec.json").read_text())["reader"] \
+        == info["reader"] == {"epoch": 0, "batches": done["steps"], "batch_size": 256, "world_size": 1, "layout": None}
+    more = run(load_config("tiny", [*args, "--checkpoint.resume=auto", "--train.epochs=2"]))
+    assert more["steps"] == 2 * done["steps"]
