@@ -15,7 +15,10 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
 
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-    png, md, table = write_report(args.run_dirs, args.out)
+    skipped: list[str] = []
+    png, md, table = write_report(args.run_dirs, args.out, skipped)
+    for folder in skipped:
+        print(f"skipped {folder}: no metrics.jsonl or summary.json (a run that stopped before its first step?)")
     print(table)
     print(f"wrote {png} and {md}")
     return 0

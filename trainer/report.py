@@ -102,6 +102,25 @@ def metrics_table(runs: list[RunRecords]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def final_split(run: RunRecords) -> str:
+    """The split scored once at the end of training (eval.split): summary's eval_split."""
+    return run.summary.get("eval_split") or (run.evals[-1].get("split", "test") if run.evals else "test")
+
+
+def eval_series(run: RunRecords, key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """{split: (steps, values of `key`)} of the run's evaluations, one series per split, so
+    validation during training and the final test score are never joined into one line."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for r in run.evals:
+        value = r.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        steps, values = out.setdefault(r.get("split", "eval"), ([], []))
+        steps.append(r["step"])
+        values.append(value)
+    return out
+
+
 def plot_runs(runs: list[RunRecords], out: str | Path) -> Path:
     """Write a PNG: train loss (and eval logloss) per step left, eval AUC per step right."""
     import matplotlib
@@ -117,13 +136,16 @@ def plot_runs(runs: list[RunRecords], out: str | Path) -> Path:
         if run.train:
             ax_loss.plot([r["step"] for r in run.train], [r["loss"] for r in run.train],
                          color=color, label=f"{name} train")
-        evals = [r for r in run.evals if r.get("logloss") is not None]
-        if evals:
-            ax_loss.plot([r["step"] for r in evals], [r["logloss"] for r in evals], "o--",
-                         color=color, label=f"{name} eval logloss")
-        aucs = [r for r in run.evals if r.get("auc") is not None and not math.isnan(r["auc"])]
-        if aucs:
-            ax_auc.plot([r["step"] for r in aucs], [r["auc"] for r in aucs], "o-", color=color, label=name)
+        for split, (steps, values) in eval_series(run, "logloss").items():
+            style = "*" if split == final_split(run) else "o--"
+            ax_loss.plot(steps, values, style, color=color, markersize=12 if style == "*" else 6,
+                         label=f"{name} {split} logloss")
+        for split, (steps, values) in eval_series(run, "auc").items():
+            # The final test score is a point of its own: joined to the validation curve it
+            # would read as the run collapsing (or jumping) at its last step.
+            style = "*" if split == final_split(run) else "o-"
+            ax_auc.plot(steps, values, style, color=color, markersize=12 if style == "*" else 6,
+                        label=f"{name} {split}")
         teacher = run.summary.get("teacher_auc")
         if teacher is not None:
             ax_auc.axhline(teacher, color=color, linestyle=":", linewidth=1, label=f"{name} teacher")
@@ -139,10 +161,21 @@ def plot_runs(runs: list[RunRecords], out: str | Path) -> Path:
     return out
 
 
-def write_report(run_dirs: list[str], out: str | Path | None = None) -> tuple[Path, Path, str]:
+def write_report(run_dirs: list[str], out: str | Path | None = None,
+                 skipped: list[str] | None = None) -> tuple[Path, Path, str]:
     """Plot and tabulate runs; returns (png, md, table). Default out: RUN/report.png for one
-    run, ./report.png for several."""
-    runs = [load_run(p) for p in run_dirs]
+    run, ./report.png for several. A folder that exists but holds no metrics (a run that
+    failed before its first step) is left out and named in `skipped`; a path that does not
+    exist is an error."""
+    runs = []
+    for p in run_dirs:
+        if Path(p).is_dir() and not (Path(p) / "metrics.jsonl").is_file() and not (Path(p) / "summary.json").is_file():
+            if skipped is not None:
+                skipped.append(str(p))
+                continue
+        runs.append(load_run(p))
+    if not runs:
+        raise UserError(f"none of {', '.join(run_dirs)} holds metrics.jsonl or summary.json: no run to report")
     png = Path(out) if out else (runs[0].path / "report.png" if len(runs) == 1 else Path("report.png"))
     if png.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got '{png}'")

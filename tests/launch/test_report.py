@@ -48,12 +48,35 @@ def test_report_of_one_run_goes_into_its_folder(tmp_path, capsys):
     assert (tmp_path / "only" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("make", ["empty", "missing"])
-def test_not_a_run_folder_is_one_line(tmp_path, capsys, make):
+def test_a_missing_folder_is_one_line(tmp_path, capsys):
     folder = tmp_path / "nope"
-    if make == "empty":
-        folder.mkdir()
     fake_run(tmp_path / "good", 0.7)
     assert main(["report", str(tmp_path / "good"), str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("shardrec: error:") and str(folder) in err[0]
+
+
+def test_folders_without_metrics_are_skipped_with_a_note(tmp_path, capsys):
+    """`shardrec report runs/*/` with the stub of a run that failed before its first step."""
+    (tmp_path / "stub").mkdir()
+    (tmp_path / "stub" / "config.yaml").write_text("model: {}\n")
+    fake_run(tmp_path / "good", 0.7)
+    assert main(["report", str(tmp_path / "good"), str(tmp_path / "stub"), "--out", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {tmp_path / 'stub'}: no metrics.jsonl" in out and "| good |" in out
+    assert main(["report", str(tmp_path / "stub")]) == 2  # nothing left to report
+
+
+def test_final_test_score_is_a_series_apart_from_validation(tmp_path):
+    from trainer.report import eval_series, final_split, load_run
+
+    fake_run(tmp_path / "run", 0.71)
+    rd = RunDir(tmp_path / "run", is_main=True)
+    rd.open(fresh=False)
+    rd.log({"event": "eval", "split": "test", "step": 40, "auc": 0.69, "logloss": 0.5})
+    rd.close()
+    run = load_run(tmp_path / "run")
+    series = eval_series(run, "auc")
+    assert set(series) == {"valid", "test"}
+    assert series["test"] == ([40], [0.69]) and len(series["valid"][0]) == 4
+    assert final_split(run) == "test"
