@@ -51,9 +51,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 
-# docs/configs.md is generated from the comments in configs/tree.py (a test checks it is fresh).
+# docs/configs.md is generated from the comments in configs/tree.py, docs/models.md from the
+# model registry and presets (tests check both are fresh).
 docs: $(STAMP)
 	$(BIN)/python -m configs.reference --out docs/configs.md
+	$(BIN)/python -m trainer.catalog --out docs/models.md
 
 clean:
 	rm -rf runs data/demo

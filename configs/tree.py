@@ -77,7 +77,8 @@ class ModelConfig:
 
     # Registry name of the model (see `trainer.registry.MODELS`).
     name: str = "dlrm"
-    # Size preset of the model: `debug` is tiny (tests); others are listed per model.
+    # Size preset of the model: `debug` is tiny (tests); `shardrec models` and docs/models.md
+    # list every model's flavors with their parameter counts.
     flavor: str = "small"
 
 
@@ -158,7 +159,7 @@ class TrainConfig:
     max_steps: Count = 0
     # Seed of model initialisation and data shuffling.
     seed: Count = 0
-    # Write a metrics.jsonl line (and a log line when stdout is not a terminal) every N steps.
+    # Write a metrics.jsonl line (and a log line when stderr is not a terminal) every N steps.
     log_every: PosInt = 50
     # `sparse_dist`: TorchRec's TrainPipelineSparseDist (overlaps input distribution with
     # compute); `base`: the plain one-batch-at-a-time pipeline.

@@ -96,6 +96,14 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
+    from trainer.catalog import render
+
+    _no_extra(extra)
+    print(render(args.schema), end="")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
@@ -133,6 +141,16 @@ def print_summary(s: dict) -> None:
           f"run folder: {s['run_dir']}")
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("shardrec")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
@@ -140,7 +158,14 @@ def _no_extra(extra: list[str]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shardrec", description="Train ranking models with sharded embeddings.")
+    p.add_argument("--version", action="version", version=f"shardrec {version()}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("models", help="list every model with its flavors, parameter counts and presets")
+    m.add_argument("--schema", default="criteo-kaggle",
+                   help="a data set folder, or a synth preset (criteo-kaggle, demo, tiny, tiny-multihot) "
+                        "whose table sizes the parameter counts use")
+    m.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("synth", help="write a synthetic Criteo-shaped data set with a hidden teacher")
     s.add_argument("--out", required=True, help="output folder")

@@ -34,6 +34,12 @@ def test_config_reference_is_generated_and_fresh():
     assert on_disk == text, "docs/configs.md is stale: run `make docs` (python -m configs.reference --out docs/configs.md)"
 
 
+def test_model_catalog_is_generated_and_fresh():
+    from trainer.catalog import DOC, render
+
+    assert DOC.read_text() == render(), "docs/models.md is stale: run `make docs` (python -m trainer.catalog --out docs/models.md)"
+
+
 def test_every_config_field_is_documented():
     _, missing = render()
     assert not missing, f"fields without a comment above them in configs/tree.py: {missing}"

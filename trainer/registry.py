@@ -63,6 +63,14 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def add_flavor(model: str, name: str, flavor: Any) -> None:
+    """Register one more flavor of a registered model (benchmarks, experiments), so that
+    `--model.flavor=<name>` finds it."""
+    if model not in MODELS:
+        raise UserError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    MODELS[model].flavors[name] = flavor
+
+
 def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -> nn.Module:
     spec = MODELS.get(cfg.name)
     if spec is None:

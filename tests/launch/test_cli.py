@@ -75,3 +75,20 @@ def test_synth_train_eval_from_the_command_line(tmp_path):
     proc = shardrec("eval", "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["auc"] == summary["auc"]
+
+
+def test_version_and_models_list_every_model_and_flavor(capsys):
+    from launch.cli import main
+    from trainer.registry import MODELS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("shardrec ")
+    assert main(["models", "--schema", "tiny"]) == 0
+    out = capsys.readouterr().out
+    for name, spec in MODELS.items():
+        for flavor in spec.flavors:
+            assert f"`{name}`" in out and f"| `{flavor}` |" in out
+    # debug DLRM on the tiny schema: 8-wide tables over the capped table sizes
+    row = next(line for line in out.splitlines() if line.startswith("| `dlrm` | `debug`"))
+    assert "| 249,496 |" in row and "`tiny`" in row

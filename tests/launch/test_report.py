@@ -3,8 +3,6 @@ a folder that is not a run folder is a one-line error."""
 
 from __future__ import annotations
 
-import pytest
-
 from launch.cli import main
 from trainer.run_dir import RunDir
 

@@ -175,3 +175,23 @@ def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
             assert torch.isfinite(p).all() and p.abs().max() < 10, f"{name}: {n} after DMP"
     finally:
         shutdown(env)
+
+
+def test_add_flavor_reaches_the_registry():
+    """bench/bench_train.py registers its own DLRM flavor this way."""
+    import torch
+
+    from configs.errors import UserError
+    from configs.tree import ModelConfig
+    from data_pipeline.synth import _schema, spec_from_preset
+    from trainer.models.dlrm import DLRMFlavor
+    from trainer.registry import MODELS, add_flavor, build_model
+
+    add_flavor("dlrm", "test_only", DLRMFlavor(4, (8, 4), (8, 1)))
+    try:
+        model = build_model(_schema(spec_from_preset("tiny", 1)), ModelConfig("dlrm", "test_only"), torch.device("meta"))
+        assert sum(p.numel() for p in model.parameters()) > 0
+    finally:
+        del MODELS["dlrm"].flavors["test_only"]
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        add_flavor("nope", "x", None)
