@@ -225,6 +225,10 @@ class RayConfig:
     cpus_per_worker: PosFloat = 1.0
     # Give each worker one GPU.
     use_gpu: bool = False
+    # Where run folders go when --run-dir is not given (a folder every node sees, e.g.
+    # /shared/runs); "" = runs/ under the current folder. A `ray job submit` job runs in
+    # Ray's temporary copy of the working directory, so it needs this or --run-dir.
+    storage_path: str = ""
     # Restarts of the worker group after a worker dies (Ray Train's FailureConfig; -1 =
     # unlimited); each restart resumes from the newest checkpoint in the run folder.
     max_failures: Annotated[int, AtLeast(-1)] = 3

@@ -52,6 +52,42 @@ def _scaling(cfg: Config):
                          resources_per_worker={"CPU": cfg.ray.cpus_per_worker})
 
 
+def _submitted_job() -> bool:
+    """True in the driver of a `ray job submit` job (Ray's job supervisor sets this)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _check_paths(cfg: Config) -> None:
+    """A submitted job runs in Ray's temporary copy of the working directory: a relative path
+    would point inside it (and the results would vanish with it)."""
+    if not _submitted_job():
+        return  # `shardrec ray` on this machine: relative paths are made absolute here
+    for key, value in (("dataset.path", cfg.dataset.path), ("run_dir (--run-dir)", cfg.run_dir),
+                       ("ray.storage_path", cfg.ray.storage_path)):
+        if value and not Path(value).is_absolute():
+            raise UserError(f"config key '{key}' is the relative path '{value}': a `ray job submit` job runs in "
+                            "Ray's temporary copy of the working directory; give an absolute path on storage "
+                            "every node sees (e.g. /shared/...)")
+    if not cfg.run_dir and not cfg.ray.storage_path:
+        raise UserError("a `ray job submit` job needs --run-dir or ray.storage_path (an absolute folder every "
+                        "node sees); otherwise its results would land in Ray's temporary folder")
+
+
+def _preflight(cfg: Config, resources: dict) -> None:
+    """Fail in one line when the cluster cannot give what the job asks for: Ray would wait
+    for the resources forever, with no message."""
+    workers = cfg.ray.min_workers or cfg.ray.num_workers
+    need, have = workers * cfg.ray.cpus_per_worker, float(resources.get("CPU", 0))
+    if need > have:
+        raise UserError(f"{workers} workers x {cfg.ray.cpus_per_worker:g} CPUs (ray.cpus_per_worker) = {need:g} CPUs, "
+                        f"but the Ray cluster has {have:g}: lower --num-workers or ray.cpus_per_worker")
+    if cfg.ray.use_gpu and workers > resources.get("GPU", 0):
+        raise UserError(f"{workers} workers with a GPU each, but the Ray cluster has {resources.get('GPU', 0):g} GPUs")
+    if cfg.dataset.source == "ray_data" and have - need < 1:
+        raise UserError(f"dataset.source=ray_data needs a free CPU for Ray Data's read tasks, but the workers take "
+                        f"{need:g} of the cluster's {have:g} CPUs: set ray.cpus_per_worker lower (e.g. 0.5)")
+
+
 def launch(cfg: Config) -> dict:
     """Train with `cfg.ray.num_workers` Ray Train workers; returns rank 0's summary.
 
@@ -70,8 +106,12 @@ def launch(cfg: Config) -> dict:
 
     from trainer.run_dir import RunDir, default_run_dir
 
+    _check_paths(cfg)
     cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
-    cfg.run_dir = str(Path(cfg.run_dir or default_run_dir(cfg)).resolve())
+    default = default_run_dir(cfg)
+    if cfg.ray.storage_path:
+        default = str(Path(cfg.ray.storage_path) / Path(default).name)
+    cfg.run_dir = str(Path(cfg.run_dir or default).resolve())
     scaling = _scaling(cfg)
     if cfg.overwrite and cfg.checkpoint.resume in ("", "auto"):
         # Here, once: a restarted worker group must not wipe what the first attempt saved.
@@ -81,6 +121,7 @@ def launch(cfg: Config) -> dict:
         cfg.overwrite = False
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    _preflight(cfg, ray.cluster_resources())
     datasets = {}
     if cfg.dataset.source == "ray_data":
         datasets["train"] = ray.data.read_parquet(str(Path(cfg.dataset.path) / cfg.dataset.train_split))
