@@ -91,9 +91,11 @@ def load_schema(dataset_dir: str | os.PathLike) -> DatasetSchema:
     """Read DIR/schema.json; a missing folder or file is a `UserError` saying how to make one."""
     root = Path(dataset_dir)
     if not root.is_dir():
+        preset = root.name if root.name in ("demo", "tiny", "tiny-multihot", "criteo-kaggle") else "demo"
+        rows = {"tiny": 30_000, "tiny-multihot": 30_000}.get(preset, 1_000_000)
         raise UserError(
-            f"dataset folder '{root}' does not exist (make one with `shardrec synth --out {root}` "
-            "or `shardrec convert`, or set --dataset.path)"
+            f"dataset folder '{root}' does not exist (make one with `shardrec synth --out {root} --rows {rows} "
+            f"--preset {preset}` or `shardrec convert ...`, or set --dataset.path)"
         )
     path = root / SCHEMA_FILE
     if not path.is_file():

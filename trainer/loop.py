@@ -136,7 +136,10 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
 
         from data_pipeline.ray_source import RayDataReader
 
-        shard = ray.train.get_dataset_shard(cfg.dataset.train_split)
+        try:
+            shard = ray.train.get_dataset_shard(cfg.dataset.train_split)
+        except RuntimeError:  # outside a Ray Train worker
+            shard = None
         if shard is None:
             raise UserError("dataset.source 'ray_data' works only under `shardrec ray`, which hands each "
                             "worker its Ray Data shard")

@@ -92,3 +92,15 @@ def test_version_and_models_list_every_model_and_flavor(capsys):
     # debug DLRM on the tiny schema: 8-wide tables over the capped table sizes
     row = next(line for line in out.splitlines() if line.startswith("| `dlrm` | `debug`"))
     assert "| 249,496 |" in row and "`tiny`" in row
+
+
+def test_ray_data_source_outside_ray_is_one_line(tiny_data, tmp_path, capsys):
+    pytest.importorskip("ray.train")
+    from launch.cli import main
+
+    rc = main(["train", "--config", "tiny", f"--dataset.path={tiny_data}", "--run-dir", str(tmp_path / "run"),
+               "--dataset.source=ray_data"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["shardrec: error: dataset.source 'ray_data' works only under `shardrec ray`, "
+                               "which hands each worker its Ray Data shard"]
+    assert not (tmp_path / "run").exists()
