@@ -151,8 +151,9 @@ class ShardReader(EpochPosition):
         self.window = -(-shuffle_buffer // batch_size) * batch_size if shuffle_buffer > 0 else 0
         self.columns = schema.arrow_schema().names
         self.all_groups = list_row_groups(split_files(dataset_dir, split), schema)
-        self.groups = self._standard(world_size)[rank]
-        rows_per_rank = [sum(rows for _, _, rows in spans) for spans in self._standard(world_size)]
+        standard = self._standard(world_size)
+        self.groups = standard[rank]
+        rows_per_rank = [sum(rows for _, _, rows in spans) for spans in standard]
         self.rows = rows_per_rank[rank]
         self._layout: list[list[Span]] | None = None  # this epoch's, when not the standard one
         if drop_last and min(rows_per_rank) // batch_size == 0:
