@@ -112,6 +112,10 @@ class EmbeddingsConfig:
     # Storage type of the table weights: fp16 halves their memory (FBGEMM updates them with
     # stochastic rounding); the optimizer state stays fp32.
     weights_dtype: Literal["fp32", "fp16"] = "fp32"
+    # Memory each rank gives the planner for tables, optimizer state and buffers, in GiB (HBM
+    # on GPU, host memory on CPU); 0 = what the device has (GPU memory, or this machine's
+    # memory shared by the ranks on it). `shardrec plan` uses the same value.
+    memory_gb_per_rank: NonNegFloat = 0.0
     # Sharding types the planner may choose from for every table (empty = any the sharder offers).
     sharding_types: list[str] = field(default_factory=list)
     # Compute kernels the planner may choose from for every table (empty = any).

@@ -17,7 +17,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from configs.errors import UserError
 from configs.tree import EmbeddingsConfig
-from embeddings.sharding import make_planner, make_sharders
+from embeddings.sharding import make_planner, make_sharders, planner_inputs
 
 GIB = 1024**3
 # Optimizer state per row, in fp32 values: Adagrad keeps one per weight, row-wise Adagrad one per row.
@@ -49,7 +49,10 @@ def table_gib(rows: int, dim: int, optimizer: str) -> float:
 
 
 def plan_offline(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: str,
-                 memory_gb: float, batch_size: int) -> PlanReport:
+                 memory_gb: float | None, batch_size: int) -> PlanReport:
+    """The plan `train` would make for `world_size` ranks of `device` (same planner inputs:
+    embeddings.planner_inputs); memory_gb None = embeddings.memory_gb_per_rank or detected."""
+    memory_gb = planner_inputs(model, cfg, device, world_size, memory_gb) / GIB
     configs = [c for m in model.modules() if isinstance(m, EmbeddingBagCollection)
                for c in m.embedding_bag_configs()]
     total_memory = memory_gb * world_size

@@ -159,9 +159,9 @@ def make_planner(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, devic
 
 def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,
                   batch_size: int, pg: dist.ProcessGroup | None = None,
-                  pins: dict[str, list[str]] | None = None) -> ShardingPlan:
+                  pins: dict[str, list[str]] | None = None, memory_bytes: int | None = None) -> ShardingPlan:
     """The planner's plan for this topology; collective (same on all ranks) when pg is given."""
-    planner = make_planner(model, cfg, world_size, device.type, batch_size, pins=pins)
+    planner = make_planner(model, cfg, world_size, device.type, batch_size, memory_bytes, pins)
     sharders = make_sharders(cfg)
     if pg is not None:
         return planner.collective_plan(model, sharders, pg)
@@ -178,13 +178,37 @@ def set_weights_dtype(model: nn.Module, dtype: str) -> None:
                 c.data_type = data_type
 
 
+def memory_gb_per_rank(cfg: EmbeddingsConfig, device_type: str, local_world_size: int) -> float:
+    """embeddings.memory_gb_per_rank, or when 0 what this machine's device has: the GPU's
+    memory, or host memory shared by the ranks on this node."""
+    if cfg.memory_gb_per_rank:
+        return cfg.memory_gb_per_rank
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("planning for cuda on a machine without one: set embeddings.memory_gb_per_rank "
+                            "(or `shardrec plan --memory-gb`) to the GPUs' memory")
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 1024**3
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return host / max(1, local_world_size)
+
+
+def planner_inputs(model: nn.Module, cfg: EmbeddingsConfig, device_type: str, world_size: int,
+                   memory_gb: float | None = None) -> int:
+    """What train and `shardrec plan` both hand the planner besides the batch: the tables'
+    storage type (set on the model's table configs) and the memory per rank in bytes."""
+    set_weights_dtype(model, cfg.weights_dtype)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", min(world_size, 8)))
+    return int((memory_gb or memory_gb_per_rank(cfg, device_type, local)) * 1024**3)
+
+
 def shard_model(model: nn.Module, cfg: EmbeddingsConfig, device: torch.device, batch_size: int,
                 pins: dict[str, list[str]] | None = None) -> DistributedModelParallel:
     """Plan (within `pins`, see resume_pins), then wrap `model` (built on meta) in DMP on
     `device`; parameters get initialised (from the current torch seed) on the device."""
-    set_weights_dtype(model, cfg.weights_dtype)
+    world_size = dist.get_world_size()
+    memory = planner_inputs(model, cfg, device.type, world_size)
     pg = dist.GroupMember.WORLD
-    plan = plan_sharding(model, cfg, dist.get_world_size(), device, batch_size, pg, pins)
+    plan = plan_sharding(model, cfg, world_size, device, batch_size, pg, pins, memory)
     return DistributedModelParallel(module=model, device=device, plan=plan, sharders=make_sharders(cfg))
 
 

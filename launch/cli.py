@@ -27,6 +27,11 @@ def _quiet() -> None:
 
     for name in ("torchrec", "torch", "torch.fx._symbolic_trace", "fbgemm_gpu"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # TorchRec also warns through the root logger ("Sharding spec not found", once per
+    # data-parallel table): the root logger gets ERROR, shardrec's own loggers keep WARNING.
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("configs", "data_pipeline", "embeddings", "trainer", "launch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
@@ -120,11 +125,17 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         schema = mlperf_schema()
     else:
         schema = load_schema(args.schema or cfg.dataset.path)
+    from trainer.loop import resolve_batch_size
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
     model = ClickTask(build_model(schema, cfg.model, torch.device("meta")))
-    report = plan_offline(model, cfg.embeddings, args.world_size, args.device, args.memory_gb,
+    resolve_batch_size(cfg, args.world_size)  # train.global_batch_size, as train does
+    report = plan_offline(model, cfg.embeddings, args.world_size, device, args.memory_gb,
                           cfg.train.batch_size)
-    print(f"{cfg.model.name}/{cfg.model.flavor} on {args.world_size} x {args.device} "
-          f"({args.memory_gb:g} GiB each), batch {cfg.train.batch_size} per rank\n")
+    print(f"{cfg.model.name}/{cfg.model.flavor} on {args.world_size} x {device} "
+          f"({report.memory_gb_per_rank:g} GiB each), batch {cfg.train.batch_size} per rank, "
+          f"{cfg.embeddings.weights_dtype} tables\n")
     print(format_report(report))
     return 0
 
@@ -190,8 +201,11 @@ def parser() -> argparse.ArgumentParser:
                         epilog="Any --section.key=value overrides the config, e.g. --model.flavor=mlperf")
     pl.add_argument("--config", required=True, help="YAML file or preset name")
     pl.add_argument("--world-size", type=int, required=True, help="number of ranks (GPUs or processes)")
-    pl.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    pl.add_argument("--memory-gb", type=float, default=80.0, help="memory per rank: GPU HBM, or host memory on cpu")
+    pl.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="device of the ranks (default: this machine's, as `train` would use)")
+    pl.add_argument("--memory-gb", type=float, default=None,
+                    help="memory per rank: GPU HBM, or host memory on cpu (default embeddings.memory_gb_per_rank, "
+                         "or what this machine has; needed for --device cuda on a machine without one)")
     pl.add_argument("--schema", default=None,
                     help="dataset folder whose schema.json sizes the tables (default dataset.path), "
                          "or 'mlperf' for the MLPerf DLRM-DCNv2 reference tables")

@@ -12,6 +12,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def planned(data: str, world_size: int) -> dict[str, tuple]:
+    """{table: (sharding type, kernel, ranks)} of `shardrec plan` for the tiny preset on CPU."""
+    import torch
+
+    from configs.loader import load_config
+    from data_pipeline.schema import load_schema
+    from embeddings.plan_report import plan_offline
+    from trainer.registry import build_model
+    from trainer.task import ClickTask
+
+    cfg = load_config("tiny", [f"--dataset.path={data}"])
+    model = ClickTask(build_model(load_schema(data), cfg.model, torch.device("meta")))
+    report = plan_offline(model, cfg.embeddings, world_size, "cpu", None, cfg.train.batch_size)
+    return {t.name: (t.sharding_type, t.compute_kernel, t.ranks) for t in report.tables}
+
+
 @pytest.mark.slow
 def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
@@ -36,6 +52,10 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
         expected = "dense" if p["sharding_type"] == "data_parallel" else "fused"
         assert p["compute_kernel"] == expected, (table, p)
     assert any(p["sharding_type"] != "data_parallel" for p in summary["plan"].values())
+    # `shardrec plan` shows the plan training used: the same planner inputs (memory per rank,
+    # table dtype, batch) give the same sharding type, kernel and ranks for every table.
+    assert planned(tiny_data, 2) == {t: (p["sharding_type"], p["compute_kernel"], sorted(set(p["ranks"])))
+                                     for t, p in summary["plan"].items()}
     assert (run_dir / "checkpoints" / f"step_{summary['steps']}" / ".metadata").is_file()
 
 
