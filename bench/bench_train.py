@@ -28,7 +28,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from configs.loader import load_config
 from data_pipeline.schema import DatasetSchema, SparseFeature
 from embeddings.tables import table_configs
-from launch.cli import _quiet
+from launch.console import quiet_libraries
 from trainer.distributed import init_distributed, shutdown
 from trainer.loop import build_sharded_task
 from trainer.models.dlrm import DLRMFlavor
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
-    _quiet()
+    quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     flavor = DLRMFlavor(args.dim, (512, 256, args.dim), (512, 256, 1))

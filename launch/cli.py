@@ -8,30 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-import warnings
 
 from configs.errors import UserError
+from launch.console import quiet_libraries
 from launch.convert_cmd import add_convert_parser
 from launch.report_cmd import add_report_parser
-
-
-def _quiet() -> None:
-    """Keep the console for shardrec's own output: TorchRec and torch are chatty at INFO."""
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    logging.basicConfig(level=logging.WARNING)
-    import torch  # noqa: F401 - torch sets its loggers' levels on import; override after
-
-    for name in ("torchrec", "torch", "torch.fx._symbolic_trace", "fbgemm_gpu"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # TorchRec also warns through the root logger ("Sharding spec not found", once per
-    # data-parallel table): the root logger gets ERROR, shardrec's own loggers keep WARNING.
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("configs", "data_pipeline", "embeddings", "trainer", "launch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
@@ -167,6 +149,15 @@ def _no_extra(extra: list[str]) -> None:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
 
 
+def _config_help() -> str:
+    from configs.loader import preset_names
+
+    return "a YAML file, or one of the presets in configs/: " + ", ".join(preset_names())
+
+
+CONFIG_HELP = _config_help()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shardrec", description="Train ranking models with sharded embeddings.")
     p.add_argument("--version", action="version", version=f"shardrec {version()}")
@@ -193,13 +184,13 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (single process, or under torchrun / Ray)",
                        epilog="Any --section.key=value overrides the config, e.g. --train.batch_size=4096")
-    t.add_argument("--config", required=True, help="YAML file or preset name (demo, tiny)")
+    t.add_argument("--config", required=True, help=CONFIG_HELP)
     add_run_dir_args(t, "output folder (default runs/<model>-<time>)")
     t.set_defaults(fn=cmd_train)
 
     pl = sub.add_parser("plan", help="print the sharding plan and memory per rank, without training",
                         epilog="Any --section.key=value overrides the config, e.g. --model.flavor=mlperf")
-    pl.add_argument("--config", required=True, help="YAML file or preset name")
+    pl.add_argument("--config", required=True, help=CONFIG_HELP)
     pl.add_argument("--world-size", type=int, required=True, help="number of ranks (GPUs or processes)")
     pl.add_argument("--device", choices=["cuda", "cpu"], default=None,
                     help="device of the ranks (default: this machine's, as `train` would use)")
@@ -213,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("ray", help="train on a Ray cluster with Ray Train (the `ray job submit` entry)",
                        epilog="Any --section.key=value overrides the config, e.g. --dataset.source=ray_data")
-    r.add_argument("--config", required=True, help="YAML file or preset name")
+    r.add_argument("--config", required=True, help=CONFIG_HELP)
     r.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default ray.num_workers)")
     add_run_dir_args(r, "output folder, on storage every node sees")
     r.set_defaults(fn=cmd_ray)
@@ -228,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
-    _quiet()
+    quiet_libraries()
     try:
         return args.fn(args, extra)
     except UserError as e:

@@ -23,10 +23,10 @@ from configs.tree import Config
 def _worker(config: dict) -> None:
     import ray.train
 
-    from launch.cli import _quiet
+    from launch.console import quiet_libraries
     from trainer.loop import run
 
-    _quiet()
+    quiet_libraries()
     summary = run(build(Config, config, prefix=""))
     # Every worker reports (Ray Train expects all to); only numbers go into Ray's metrics.
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})

@@ -18,18 +18,19 @@ from configs.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     from launch.cli import (
-        _quiet,
+        CONFIG_HELP,
         add_run_dir_args,
         print_summary,
         resume_auto_by_default,
         run_dir_overrides,
     )
+    from launch.console import quiet_libraries
 
     p = argparse.ArgumentParser(prog="python -m launch.torchrun")
-    p.add_argument("--config", required=True, help="YAML file or preset name")
+    p.add_argument("--config", required=True, help=CONFIG_HELP)
     add_run_dir_args(p, "output folder (default runs/<model>-<time>)")
     args, extra = p.parse_known_args(argv)
-    _quiet()
+    quiet_libraries()
     rank = int(os.environ.get("RANK", "0"))
     try:
         from configs.loader import load_config

@@ -104,3 +104,13 @@ def test_ray_data_source_outside_ray_is_one_line(tiny_data, tmp_path, capsys):
     assert rc == 2 and err == ["shardrec: error: dataset.source 'ray_data' works only under `shardrec ray`, "
                                "which hands each worker its Ray Data shard"]
     assert not (tmp_path / "run").exists()
+
+
+def test_help_names_every_preset(capsys):
+    from configs.loader import preset_names
+    from launch.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in preset_names()) and len(preset_names()) >= 20
