@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from configs.errors import UserError
 from data_pipeline.schema import SCHEMA_FILE
@@ -203,14 +204,21 @@ def lines_before(path: str | os.PathLike, offset: int, gz: bool) -> int:
 
 
 def run_tasks(fn: Callable[[T], R], tasks: list[T], workers: int,
-              stop: Callable[[R], bool] = lambda r: False) -> list[R]:
+              stop: Callable[[R], bool] = lambda r: False, desc: str = "tasks") -> list[R]:
     """fn over tasks, in `workers` processes (inline for one worker or one task, which also
     keeps small conversions free of process start-up). Results come in completion order;
-    once `stop(result)` is true, tasks not yet started are cancelled."""
+    once `stop(result)` is true, tasks not yet started are cancelled. A progress bar of
+    finished tasks shows on a terminal."""
+    with tqdm(total=len(tasks), desc=desc, unit="task", disable=None, leave=False) as bar:
+        return _run_tasks(fn, tasks, workers, stop, bar)
+
+
+def _run_tasks(fn, tasks: list, workers: int, stop, bar) -> list:
     if workers <= 1 or len(tasks) <= 1:
         results = []
         for t in tasks:
             results.append(fn(t))
+            bar.update()
             if stop(results[-1]):
                 break
         return results
@@ -227,6 +235,7 @@ def run_tasks(fn: Callable[[T], R], tasks: list[T], workers: int,
         try:
             for fut in as_completed(futures):
                 results.append(fut.result())
+                bar.update()
                 if stop(results[-1]):
                     break
         finally:

@@ -404,7 +404,8 @@ def _tasks(paths: list[Path], splits: list[str] | None, workers: int, chunk_byte
 
 
 def _run(plan: Plan, tasks: list[Task], workers: int) -> list[Result]:
-    results = run_tasks(partial(run_task, plan), tasks, workers, stop=lambda r: r.error is not None)
+    results = run_tasks(partial(run_task, plan), tasks, workers, stop=lambda r: r.error is not None,
+                        desc="convert criteo")
     errors = [r for r in results if r.error is not None]
     if errors:
         r = min(errors, key=lambda r: (r.task.file_idx, r.task.first))

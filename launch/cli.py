@@ -20,10 +20,20 @@ def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
     from data_pipeline.synth import generate, spec_from_preset
 
     _no_extra(extra)
+    from tqdm import tqdm
+
     spec = spec_from_preset(args.preset, args.rows, seed=args.seed,
                             max_table_size=args.max_table_size, multi_hot=args.multi_hot,
                             zipf_alpha=args.zipf_alpha)
-    schema = generate(spec, args.out, overwrite=args.overwrite)
+    # A bar on a terminal (disable=None: off when stderr is not one).
+    with tqdm(total=args.rows, desc="synth", unit="row", unit_scale=True, disable=None, leave=False) as bar:
+        done: dict[str, int] = {}
+
+        def progress(split: str, rows_done: int, _rows: int) -> None:
+            bar.update(rows_done - done.get(split, 0))
+            done[split] = rows_done
+
+        schema = generate(spec, args.out, overwrite=args.overwrite, progress=progress)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v:,} rows" for k, v in schema.splits.items())
           + "; teacher AUC " + ", ".join(f"{k} {v:.4f}" for k, v in schema.teacher_auc.items()))
     return 0

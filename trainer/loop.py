@@ -244,6 +244,10 @@ def _run(cfg: Config, env: DistEnv) -> dict:
         cfg.run_dir = name[0]
     run_dir = RunDir(cfg.run_dir, env.is_main)
     resume_from, saved_plan = on_rank0(env, lambda: _peek(choose_checkpoint(cfg, run_dir.checkpoints)))
+    # What happens before the first step can take a while (planning, sharding): say so.
+    say(env, f"data {cfg.dataset.path}: {len(train):,} steps per epoch of {cfg.train.batch_size * env.world_size:,} "
+             f"rows; building {cfg.model.name}/{cfg.model.flavor} and sharding the tables of {len(schema.sparse)} features "
+             f"over {env.world_size} x {env.device.type}" + (f"; resuming {resume_from}" if resume_from else ""))
     model, optimizer = build_sharded_task(schema, cfg, env, saved_plan)
     expected = fingerprint(cfg.model, schema)
     try:
@@ -257,6 +261,12 @@ def _run(cfg: Config, env: DistEnv) -> dict:
             raise
     finally:
         run_dir.close()  # flushes TensorBoard, releases the folder's lock
+
+
+def say(env: DistEnv, line: str) -> None:
+    """A status line on rank 0's console."""
+    if env.is_main:
+        print(line, flush=True)
 
 
 def _peek(path: Path | None) -> tuple[str | None, dict | None]:
