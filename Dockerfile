@@ -4,7 +4,7 @@
 #
 #   docker build -t shardrec:cu128 .
 #   one node:  docker run --gpus all --ipc=host -v $PWD/data:/data -v $PWD/runs:/runs shardrec:cu128 \
-#                torchrun --nproc_per_node=8 -m launch.torchrun --config dlrm_criteo \
+#                torchrun --nproc_per_node=8 -m shardrec.launch.torchrun --config dlrm_criteo \
 #                --dataset.path=/data/criteo --run-dir /runs/dlrm
 #   Ray:       use it as the image of the head and worker nodes (KubeRay's RayCluster
 #              `image:`, or `docker.image` of `ray up`); Ray starts its own `ray start` in it.

@@ -54,8 +54,8 @@ lint: $(STAMP)
 # docs/configs.md is generated from the comments in configs/tree.py, docs/models.md from the
 # model registry and presets (tests check both are fresh).
 docs: $(STAMP)
-	$(BIN)/python -m configs.reference --out docs/configs.md
-	$(BIN)/python -m trainer.catalog --out docs/models.md
+	$(BIN)/python -m shardrec.configs.reference --out docs/configs.md
+	$(BIN)/python -m shardrec.trainer.catalog --out docs/models.md
 
 clean:
 	rm -rf runs data/demo

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Only light imports at the top: the converter's worker processes import this script again
 # (multiprocessing does that with the main module), and torch would cost each one seconds.
-from data_pipeline.convert_criteo import COLUMNS, convert_criteo  # noqa: E402
+from shardrec.data_pipeline.convert_criteo import COLUMNS, convert_criteo  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo_sample" / "criteo_8000.tsv"
 HIGH_CARDINALITY = (2, 3, 11, 15, 20, 23)  # C3 C4 C12 C16 C21 C24: perturbed per copy
@@ -107,9 +107,9 @@ def bench_converter(work: Path, rows: int, repeats: int) -> None:
 
 
 def bench_reader(work: Path, name: str, preset: str, rows: int, batch_size: int, repeats: int) -> None:
-    from data_pipeline.reader import ShardReader
-    from data_pipeline.schema import load_schema
-    from data_pipeline.synth import generate, spec_from_preset
+    from shardrec.data_pipeline.reader import ShardReader
+    from shardrec.data_pipeline.schema import load_schema
+    from shardrec.data_pipeline.synth import generate, spec_from_preset
 
     root = work / name
     if not (root / "schema.json").is_file():
@@ -146,7 +146,7 @@ def bench_checks(root: Path, schema, n: int, batch_size: int, repeats: int) -> N
     compared (the best of a few runs swings by 10% on a shared 2-core machine)."""
     import statistics
 
-    from data_pipeline.reader import ShardReader
+    from shardrec.data_pipeline.reader import ShardReader
 
     def read(validate: bool) -> tuple[float, float]:
         t, c = time.perf_counter(), time.process_time()

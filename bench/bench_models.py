@@ -43,8 +43,8 @@ def quiet() -> None:
 
 
 def train(model: str, preset: str, data: str, runs: Path, overrides: list[str]) -> dict:
-    from configs.loader import load_config
-    from trainer.loop import run
+    from shardrec.configs.loader import load_config
+    from shardrec.trainer.loop import run
 
     cfg = load_config(f"{model}_{preset}", [f"--dataset.path={data}", f"--run_dir={runs / model}",
                                             "--checkpoint.save_final=false", "--train.progress=false",
@@ -59,7 +59,7 @@ def train(model: str, preset: str, data: str, runs: Path, overrides: list[str]) 
 
 
 def movielens_table(results: dict[str, dict]) -> tuple[str, bool]:
-    from trainer.registry import MODELS
+    from shardrec.trainer.registry import MODELS
 
     lr_auc = results["lr"]["auc"]
     lines = ["| model | flavor | test AUC | test logloss | AUC - lr AUC | train s | floors |",
@@ -79,7 +79,7 @@ def movielens_table(results: dict[str, dict]) -> tuple[str, bool]:
 
 
 def synthetic_table(results: dict[str, dict]) -> tuple[str, bool]:
-    from trainer.registry import MODELS
+    from shardrec.trainer.registry import MODELS
 
     lines = ["| model | flavor | test AUC | teacher AUC | share of teacher lift | test logloss "
              "| train s | floor |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     quiet()
 
-    from trainer.registry import MODELS
+    from shardrec.trainer.registry import MODELS
 
     names = [n for n in args.models.split(",") if n] or list(MODELS)
     unknown = [n for n in names if n not in MODELS]
@@ -119,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic:
         data = args.data
         if not (Path(data) / "schema.json").is_file():
-            from data_pipeline.synth import generate, spec_from_preset
+            from shardrec.data_pipeline.synth import generate, spec_from_preset
 
             generate(spec_from_preset("demo", args.rows), data)
         preset = "criteo"
     else:
-        from data_pipeline.convert_movielens import convert_movielens
+        from shardrec.data_pipeline.convert_movielens import convert_movielens
 
         data = str(work / "movielens")
         convert_movielens(args.input, data, seed=0, split=(0.8, 0.1, 0.1))

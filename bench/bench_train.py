@@ -19,20 +19,19 @@ import time
 import warnings
 
 import torch
+from shardrec.configs.loader import load_config
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
+from shardrec.embeddings.tables import table_configs
+from shardrec.launch.console import quiet_libraries
+from shardrec.trainer.distributed import init_distributed, shutdown
+from shardrec.trainer.loop import build_sharded_task
+from shardrec.trainer.models.dlrm import DLRMFlavor
+from shardrec.trainer.task import ClickTask
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from configs.loader import load_config
-from data_pipeline.schema import DatasetSchema, SparseFeature
-from embeddings.tables import table_configs
-from launch.console import quiet_libraries
-from trainer.distributed import init_distributed, shutdown
-from trainer.loop import build_sharded_task
-from trainer.models.dlrm import DLRMFlavor
-from trainer.task import ClickTask
 
 warnings.filterwarnings("ignore")
 
@@ -96,7 +95,7 @@ def main() -> None:
     results = {"baseline: plain PyTorch, sparse EmbeddingBag + Adagrad":
                baseline(schema, flavor, batches, args.warmup)}
 
-    from trainer.registry import add_flavor
+    from shardrec.trainer.registry import add_flavor
 
     # The registry holds its own copy of DLRM's flavors: register there, not in the module.
     add_flavor("dlrm", "bench", flavor)

@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "launch")]
 
 from faults import final_tensors, max_difference  # noqa: E402
+from shardrec.data_pipeline.synth import generate, spec_from_preset  # noqa: E402
 from test_fault_tolerance import ray_job, run_killing_one_worker, torchrun  # noqa: E402
-
-from data_pipeline.synth import generate, spec_from_preset  # noqa: E402
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Typed run configuration (configs.tree), its YAML/CLI loader, and the YAML presets."""
 
-from configs.errors import UserError
-from configs.loader import dump_yaml, load_config
-from configs.tree import Config
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import dump_yaml, load_config
+from shardrec.configs.tree import Config
 
 __all__ = ["Config", "UserError", "dump_yaml", "load_config"]

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
-from configs.errors import UserError
-from configs.tree import Config, Range
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import Config, Range
 
 PRESET_DIR = Path(__file__).resolve().parent
 

@@ -1,7 +1,7 @@
 """Generate docs/configs.md from the config dataclasses and the comments above their fields.
 
-    python -m configs.reference --out docs/configs.md     # or: make docs
-    python -m configs.reference --check docs/configs.md   # exit 1 when the file is stale
+    python -m shardrec.configs.reference --out docs/configs.md     # or: make docs
+    python -m shardrec.configs.reference --check docs/configs.md   # exit 1 when the file is stale
 
 configs/tree.py stays the one source: each field's description is the block of `#`
 comment lines right above it (read with `ast` from the module's source), its type and
@@ -21,12 +21,12 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from configs import tree
-from configs.tree import Config
+from shardrec.configs import tree
+from shardrec.configs.tree import Config
 
 HEADER = """# Configuration reference
 
-<!-- Generated from configs/tree.py by `python -m configs.reference --out docs/configs.md`
+<!-- Generated from configs/tree.py by `python -m shardrec.configs.reference --out docs/configs.md`
      (`make docs`); do not edit by hand: tests/test_docs_and_docker.py fails when it is stale. -->
 
 A run is one config tree, read from a YAML preset (`--config tiny`, `--config configs/demo.yaml`)
@@ -125,7 +125,7 @@ def render(root: type = Config) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m configs.reference", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m shardrec.configs.reference", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="write the reference here (default: print it)")
     p.add_argument("--check", metavar="FILE", help="exit 1 when FILE differs from the generated reference")
     args = p.parse_args(argv)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         path = Path(args.check)
         if not path.is_file() or path.read_text() != text:
-            print(f"{path} is stale: run `make docs` (python -m configs.reference --out {path})", file=sys.stderr)
+            print(f"{path} is stale: run `make docs` (python -m shardrec.configs.reference --out {path})", file=sys.stderr)
             return 1
         return 1 if missing else 0
     if args.out:

@@ -18,10 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from shardrec.data_pipeline.schema import DatasetSchema
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from data_pipeline.schema import DatasetSchema
 
 
 def _numpy(col: pa.Array | pa.ChunkedArray, dtype) -> np.ndarray:

@@ -25,10 +25,9 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.schema import SCHEMA_FILE
 from tqdm import tqdm
-
-from configs.errors import UserError
-from data_pipeline.schema import SCHEMA_FILE
 
 T = TypeVar("T")
 R = TypeVar("R")

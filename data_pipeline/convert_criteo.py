@@ -38,9 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-
-from configs.errors import UserError
-from data_pipeline.convert_common import (
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_common import (
     CHUNK_BYTES,
     ROW_GROUP_ROWS,
     SPLITS,
@@ -53,7 +52,7 @@ from data_pipeline.convert_common import (
     run_tasks,
     staging,
 )
-from data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
 
 DENSE = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]

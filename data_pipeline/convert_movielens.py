@@ -35,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from configs.errors import UserError
-from data_pipeline.convert_common import SPLITS, SplitWriter, staging
-from data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
-from data_pipeline.synth import split_counts
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_common import SPLITS, SplitWriter, staging
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
+from shardrec.data_pipeline.synth import split_counts
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",

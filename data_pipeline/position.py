@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from configs.errors import UserError
+from shardrec.configs.errors import UserError
 
 Span = tuple[int, int, int]  # (row group id, first row, rows)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_arrow import Block
+from shardrec.data_pipeline.reader import EpochPosition
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.data_pipeline.validate import Piece, Where, check_block
 from torchrec.datasets.utils import Batch
-
-from configs.errors import UserError
-from data_pipeline.convert_arrow import Block
-from data_pipeline.reader import EpochPosition
-from data_pipeline.schema import DatasetSchema
-from data_pipeline.validate import Piece, Where, check_block
 
 
 class RayDataReader(EpochPosition):

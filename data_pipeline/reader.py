@@ -37,14 +37,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_arrow import Block, batch_of
+from shardrec.data_pipeline.position import Span, relayout, standard_layout
+from shardrec.data_pipeline.prefetch import prefetch
+from shardrec.data_pipeline.schema import DatasetSchema, check_file_schema, split_files
+from shardrec.data_pipeline.validate import BadDataError, Piece, Where, check_block
 from torchrec.datasets.utils import Batch
-
-from configs.errors import UserError
-from data_pipeline.convert_arrow import Block, batch_of
-from data_pipeline.position import Span, relayout, standard_layout
-from data_pipeline.prefetch import prefetch
-from data_pipeline.schema import DatasetSchema, check_file_schema, split_files
-from data_pipeline.validate import BadDataError, Piece, Where, check_block
 
 # Batches whose source describe_batch() remembers: more than the prefetch queue plus the
 # batches a train pipeline keeps in flight.

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
-from configs.errors import UserError
+from shardrec.configs.errors import UserError
 
 SCHEMA_FILE = "schema.json"
 FORMAT = "shardrec-parquet"

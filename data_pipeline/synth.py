@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from configs.errors import UserError
-from data_pipeline.convert_common import check_output_folder
-from data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
-from data_pipeline.teacher import Teacher
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_common import check_output_folder
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
+from shardrec.data_pipeline.teacher import Teacher
 
 # Cardinalities of C1..C26 in the Criteo Kaggle Display Advertising data set (as listed by
 # the DLRM reference for its day-split Kaggle preprocessing).

@@ -20,9 +20,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-
-from configs.errors import UserError
-from data_pipeline.convert_arrow import Block
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_arrow import Block
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import EmbeddingsConfig
+from shardrec.embeddings.sharding import make_planner, make_sharders, planner_inputs
 from torch import nn
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-
-from configs.errors import UserError
-from configs.tree import EmbeddingsConfig
-from embeddings.sharding import make_planner, make_sharders, planner_inputs
 
 GIB = 1024**3
 # Optimizer state per row, in fp32 values: Adagrad keeps one per weight, row-wise Adagrad one per row.

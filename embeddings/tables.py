@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from shardrec.data_pipeline.schema import DatasetSchema
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-
-from data_pipeline.schema import DatasetSchema
 
 
 def table_name(feature: str) -> str:

@@ -10,14 +10,14 @@ import argparse
 import json
 import sys
 
-from configs.errors import UserError
-from launch.console import quiet_libraries
-from launch.convert_cmd import add_convert_parser
-from launch.report_cmd import add_report_parser
+from shardrec.configs.errors import UserError
+from shardrec.launch.console import quiet_libraries
+from shardrec.launch.convert_cmd import add_convert_parser
+from shardrec.launch.report_cmd import add_report_parser
 
 
 def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
-    from data_pipeline.synth import generate, spec_from_preset
+    from shardrec.data_pipeline.synth import generate, spec_from_preset
 
     _no_extra(extra)
     from tqdm import tqdm
@@ -40,8 +40,8 @@ def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from configs.loader import load_config
-    from trainer.loop import run
+    from shardrec.configs.loader import load_config
+    from shardrec.trainer.loop import run
 
     cfg = load_config(args.config, extra + run_dir_overrides(args))
     summary = run(cfg)
@@ -69,8 +69,8 @@ def add_run_dir_args(p: argparse.ArgumentParser, help_dir: str) -> None:
 
 
 def cmd_ray(args: argparse.Namespace, extra: list[str]) -> int:
-    from configs.loader import load_config
-    from launch.ray_launcher import launch
+    from shardrec.configs.loader import load_config
+    from shardrec.launch.ray_launcher import launch
 
     overrides = [f"--ray.num_workers={args.num_workers}"] if args.num_workers else []
     cfg = load_config(args.config, extra + overrides + run_dir_overrides(args))
@@ -82,8 +82,8 @@ def cmd_ray(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
-    from configs.loader import load_config
-    from trainer.loop import evaluate_checkpoint
+    from shardrec.configs.loader import load_config
+    from shardrec.trainer.loop import evaluate_checkpoint
 
     config = Path(args.run_dir) / "config.yaml"
     if not config.is_file():
@@ -94,7 +94,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
-    from trainer.catalog import render
+    from shardrec.trainer.catalog import render
 
     _no_extra(extra)
     print(render(args.schema), end="")
@@ -103,21 +103,20 @@ def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     import torch
-
-    from configs.loader import load_config
-    from data_pipeline.schema import load_schema
-    from embeddings.plan_report import format_report, plan_offline
-    from trainer.registry import build_model
-    from trainer.task import ClickTask
+    from shardrec.configs.loader import load_config
+    from shardrec.data_pipeline.schema import load_schema
+    from shardrec.embeddings.plan_report import format_report, plan_offline
+    from shardrec.trainer.registry import build_model
+    from shardrec.trainer.task import ClickTask
 
     cfg = load_config(args.config, extra)
     if args.schema == "mlperf":
-        from trainer.models.dlrm_dcn import mlperf_schema
+        from shardrec.trainer.models.dlrm_dcn import mlperf_schema
 
         schema = mlperf_schema()
     else:
         schema = load_schema(args.schema or cfg.dataset.path)
-    from trainer.loop import resolve_batch_size
+    from shardrec.trainer.loop import resolve_batch_size
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -160,7 +159,7 @@ def _no_extra(extra: list[str]) -> None:
 
 
 def _config_help() -> str:
-    from configs.loader import preset_names
+    from shardrec.configs.loader import preset_names
 
     return "a YAML file, or one of the presets in configs/: " + ", ".join(preset_names())
 

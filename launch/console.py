@@ -12,8 +12,8 @@ import logging
 import os
 import warnings
 
-# shardrec's own loggers (module names), which keep WARNING.
-OWN = ("configs", "data_pipeline", "embeddings", "trainer", "launch")
+# shardrec's own loggers (module names are shardrec.<folder>.<file>) keep WARNING.
+OWN = ("shardrec",)
 
 
 def quiet_libraries() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from configs.errors import UserError
+from shardrec.configs.errors import UserError
 
 
 def _summary(out: str, schema) -> str:
@@ -18,8 +18,8 @@ def _summary(out: str, schema) -> str:
 
 
 def cmd_convert_criteo(args: argparse.Namespace, extra: list[str]) -> int:
-    from data_pipeline.convert_common import ROW_GROUP_ROWS, parse_split
-    from data_pipeline.convert_criteo import convert_criteo
+    from shardrec.data_pipeline.convert_common import ROW_GROUP_ROWS, parse_split
+    from shardrec.data_pipeline.convert_criteo import convert_criteo
 
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
@@ -44,8 +44,8 @@ def cmd_convert_criteo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_convert_movielens(args: argparse.Namespace, extra: list[str]) -> int:
-    from data_pipeline.convert_common import parse_split
-    from data_pipeline.convert_movielens import convert_movielens
+    from shardrec.data_pipeline.convert_common import parse_split
+    from shardrec.data_pipeline.convert_movielens import convert_movielens
 
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")

@@ -15,16 +15,15 @@ import dataclasses
 import os
 from pathlib import Path
 
-from configs.errors import UserError
-from configs.loader import build
-from configs.tree import Config
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import build
+from shardrec.configs.tree import Config
 
 
 def _worker(config: dict) -> None:
     import ray.train
-
-    from launch.console import quiet_libraries
-    from trainer.loop import run
+    from shardrec.launch.console import quiet_libraries
+    from shardrec.trainer.loop import run
 
     quiet_libraries()
     summary = run(build(Config, config, prefix=""))
@@ -103,8 +102,7 @@ def launch(cfg: Config) -> dict:
     import ray
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from trainer.run_dir import RunDir, default_run_dir
+    from shardrec.trainer.run_dir import RunDir, default_run_dir
 
     _check_paths(cfg)
     cfg.dataset.path = str(Path(cfg.dataset.path).resolve())

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from configs.errors import UserError
+from shardrec.configs.errors import UserError
 
 
 def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
-    from trainer.report import write_report
+    from shardrec.trainer.report import write_report
 
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")

@@ -1,4 +1,4 @@
-"""torchrun entry: `torchrun --nproc_per_node=N -m launch.torchrun --config FILE [--key=value ...]`.
+"""torchrun entry: `torchrun --nproc_per_node=N -m shardrec.launch.torchrun --config FILE [--key=value ...]`.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; trainer.distributed joins that
 group (NCCL on CUDA, gloo on CPU) and `run(cfg)` does the rest. Only rank 0 prints.
@@ -13,28 +13,28 @@ import argparse
 import os
 import sys
 
-from configs.errors import UserError
+from shardrec.configs.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.cli import (
+    from shardrec.launch.cli import (
         CONFIG_HELP,
         add_run_dir_args,
         print_summary,
         resume_auto_by_default,
         run_dir_overrides,
     )
-    from launch.console import quiet_libraries
+    from shardrec.launch.console import quiet_libraries
 
-    p = argparse.ArgumentParser(prog="python -m launch.torchrun")
+    p = argparse.ArgumentParser(prog="python -m shardrec.launch.torchrun")
     p.add_argument("--config", required=True, help=CONFIG_HELP)
     add_run_dir_args(p, "output folder (default runs/<model>-<time>)")
     args, extra = p.parse_known_args(argv)
     quiet_libraries()
     rank = int(os.environ.get("RANK", "0"))
     try:
-        from configs.loader import load_config
-        from trainer.loop import run
+        from shardrec.configs.loader import load_config
+        from shardrec.trainer.loop import run
 
         cfg = load_config(args.config, extra + run_dir_overrides(args))
         resume_auto_by_default(cfg, extra)

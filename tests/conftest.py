@@ -5,9 +5,8 @@ from __future__ import annotations
 import warnings
 
 import pytest
-
-from configs.loader import load_config
-from data_pipeline.synth import generate, spec_from_preset
+from shardrec.configs.loader import load_config
+from shardrec.data_pipeline.synth import generate, spec_from_preset
 
 warnings.filterwarnings("ignore")
 

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from configs.reference import render
+from shardrec.configs.reference import render
 
 ROOT = Path(__file__).resolve().parents[1]
 # The stack that must come as one matched set, on CPU (Makefile) and GPU (Dockerfile).
@@ -31,13 +30,13 @@ def pins(text: str) -> dict[str, str]:
 def test_config_reference_is_generated_and_fresh():
     text, _ = render()
     on_disk = (ROOT / "docs" / "configs.md").read_text()
-    assert on_disk == text, "docs/configs.md is stale: run `make docs` (python -m configs.reference --out docs/configs.md)"
+    assert on_disk == text, "docs/configs.md is stale: run `make docs` (python -m shardrec.configs.reference --out docs/configs.md)"
 
 
 def test_model_catalog_is_generated_and_fresh():
-    from trainer.catalog import DOC, render
+    from shardrec.trainer.catalog import DOC, render
 
-    assert DOC.read_text() == render(), "docs/models.md is stale: run `make docs` (python -m trainer.catalog --out docs/models.md)"
+    assert DOC.read_text() == render(), "docs/models.md is stale: run `make docs` (python -m shardrec.trainer.catalog --out docs/models.md)"
 
 
 def test_every_config_field_is_documented():
@@ -104,3 +103,18 @@ def test_troubleshooting_states_the_pinned_version_matrix():
     guide = (ROOT / "docs" / "guide.md").read_text()
     for topic in ("torchrun", "Ray", "checkpoint", "NE", "configs.md", "shardrec report"):
         assert topic in guide, topic
+
+
+def test_the_package_installs_under_one_name(tmp_path):
+    """`import shardrec` works anywhere; no generic top-level module (configs, trainer, ...)
+    is installed beside it."""
+    code = ("import importlib.util as u, shardrec, shardrec.trainer.loop; "
+            "print(shardrec.__version__, [n for n in ('configs', 'trainer', 'launch', 'embeddings', "
+            "'data_pipeline') if u.find_spec(n)])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    version, leaked = proc.stdout.split(" ", 1)
+    assert version[0].isdigit() and leaked.strip() == "[]"
+    main = subprocess.run([sys.executable, "-m", "shardrec", "--version"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert main.returncode == 0 and main.stdout.strip() == f"shardrec {version}"

@@ -28,10 +28,9 @@ from corruption import (
     split_files,
     truncate,
 )
-
-from data_pipeline.schema import load_schema
-from data_pipeline.synth import generate, spec_from_preset
-from launch.cli import main
+from shardrec.data_pipeline.schema import load_schema
+from shardrec.data_pipeline.synth import generate, spec_from_preset
+from shardrec.launch.cli import main
 
 CASES = 50
 KINDS = ["id_high", "id_negative", "id_null", "dense_nan", "dense_inf", "dense_null", "label_bad",

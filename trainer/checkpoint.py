@@ -33,16 +33,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import ModelConfig
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.safe_dcp import read_metadata_file, safe_load
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 from torchrec.optim.keyed import KeyedOptimizerWrapper
-
-from configs.errors import UserError
-from configs.tree import ModelConfig
-from data_pipeline.schema import DatasetSchema
-from trainer.safe_dcp import read_metadata_file, safe_load
 
 log = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def shutdown(env: DistEnv) -> None:
 def on_rank0(env: DistEnv, fn):
     """Run `fn()` on rank 0 only and hand its result to every rank; a `UserError` it raises is
     raised on every rank, so no rank goes on to wait in a collective for one that stopped."""
-    from configs.errors import UserError
+    from shardrec.configs.errors import UserError
 
     result: list = [None, None]
     if env.is_main:

@@ -7,10 +7,9 @@ all-reduced once at the end: AUC, logloss, NE, calibration, accuracy, MSE.
 from __future__ import annotations
 
 import torch
-
-from data_pipeline.convert_arrow import placeholder_batch
-from data_pipeline.reader import ShardReader
-from trainer.metrics import ClickMetrics
+from shardrec.data_pipeline.convert_arrow import placeholder_batch
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.trainer.metrics import ClickMetrics
 
 __all__ = ["ClickMetrics", "evaluate"]
 

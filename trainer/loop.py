@@ -20,14 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
-
-from configs.errors import UserError
-from configs.tree import Config
-from data_pipeline.reader import ShardReader
-from data_pipeline.schema import DatasetSchema, load_schema
-from embeddings.sharding import describe_plan, resume_pins, shard_model
-from trainer.checkpoint import (
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import Config
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.schema import DatasetSchema, load_schema
+from shardrec.embeddings.sharding import describe_plan, resume_pins, shard_model
+from shardrec.trainer.checkpoint import (
     check_fingerprint,
     check_resumable,
     fingerprint,
@@ -36,13 +34,14 @@ from trainer.checkpoint import (
     read_info,
     save_checkpoint,
 )
-from trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
-from trainer.evaluate import evaluate
-from trainer.optim import lr_multiplier, make_optimizer, make_scheduler
-from trainer.progress import Progress
-from trainer.registry import build_model
-from trainer.run_dir import RunDir, default_run_dir
-from trainer.task import ClickTask
+from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
+from shardrec.trainer.evaluate import evaluate
+from shardrec.trainer.optim import lr_multiplier, make_optimizer, make_scheduler
+from shardrec.trainer.progress import Progress
+from shardrec.trainer.registry import build_model
+from shardrec.trainer.run_dir import RunDir, default_run_dir
+from shardrec.trainer.task import ClickTask
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
 
 def run(cfg: Config) -> dict:
@@ -133,8 +132,7 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
     """This rank's training batches: its own row groups, or its Ray Data shard under Ray Train."""
     if cfg.dataset.source == "ray_data":
         import ray.train
-
-        from data_pipeline.ray_source import RayDataReader
+        from shardrec.data_pipeline.ray_source import RayDataReader
 
         try:
             shard = ray.train.get_dataset_shard(cfg.dataset.train_split)

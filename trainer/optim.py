@@ -10,13 +10,12 @@ optimizer state.
 from __future__ import annotations
 
 import torch
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import OptimizerConfig
 from torch.optim.lr_scheduler import LambdaLR
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-from configs.errors import UserError
-from configs.tree import OptimizerConfig
 
 DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 

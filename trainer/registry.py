@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import ModelConfig
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
+from shardrec.trainer.models.common import LearnedDenseVector
 from torch import nn
-
-from configs.errors import UserError
-from configs.tree import ModelConfig
-from data_pipeline.schema import DatasetSchema
-from trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
-from trainer.models.common import LearnedDenseVector
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs.errors import UserError
+from shardrec.configs.errors import UserError
 
 # Columns of the markdown table: (header, summary key, format).
 COLUMNS = [

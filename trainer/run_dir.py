@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from configs.errors import UserError
-from configs.loader import dump_yaml
-from configs.tree import Config
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import dump_yaml
+from shardrec.configs.tree import Config
 
 LOCK_FILE = ".lock"
 # What a run leaves in its folder; --overwrite removes these and nothing else.

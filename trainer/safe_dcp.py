@@ -23,13 +23,12 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from shardrec.configs.errors import UserError
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element  # what DefaultLoadPlanner uses
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
-
-from configs.errors import UserError
 
 # (module, name) pairs a DCP .metadata may refer to (found by listing the globals of the
 # .metadata files shardrec writes, torch 2.13): classes that only hold data.

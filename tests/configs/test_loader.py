@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from configs.errors import UserError
-from configs.loader import dump_yaml, load_config, preset_names
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import dump_yaml, load_config, preset_names
 
 
 def test_presets_load_with_their_values():

@@ -15,9 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
-from data_pipeline.synth import SynthSpec, generate, spec_from_preset
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
+from shardrec.data_pipeline.synth import SynthSpec, generate, spec_from_preset
 
 # 3000 rows -> train 2400 / valid 300 / test 300. With 1000 rows per file and 300 rows per
 # row group, train has files of 1000, 1000, 400 rows and row groups

@@ -6,9 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-
-from data_pipeline.convert_arrow import arrow_to_batch
-from data_pipeline.schema import DatasetSchema, SparseFeature
+from shardrec.data_pipeline.convert_arrow import arrow_to_batch
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
 
 SCHEMA = DatasetSchema(
     label="y",

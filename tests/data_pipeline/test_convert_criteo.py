@@ -14,12 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import data_pipeline.convert_criteo as cc
-from configs.errors import UserError
-from data_pipeline.convert_criteo import MLPERF_SIZES, convert_criteo
-from data_pipeline.reader import ShardReader
-from data_pipeline.schema import load_schema
+import shardrec.data_pipeline.convert_criteo as cc
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_criteo import MLPERF_SIZES, convert_criteo
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.schema import load_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT.parent / "shared" / "data" / "criteo_sample" / "criteo_8000.tsv"
@@ -47,7 +46,7 @@ def _write(path: Path, lines: list[str]) -> Path:
 @needs_sample
 def test_cli_converts_the_sample(tmp_path):
     out = tmp_path / "criteo"
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "convert", "criteo", "--input", str(SAMPLE),
+    proc = subprocess.run([sys.executable, "-m", "shardrec", "convert", "criteo", "--input", str(SAMPLE),
                            "--out", str(out), "--table-size", "1000", "--seed", "3"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -252,7 +251,7 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 def test_cli_user_errors(tmp_path, capsys):
-    from launch.cli import main
+    from shardrec.launch.cli import main
 
     src = _write(tmp_path / "day_0", [_line(i) for i in range(20)])
 

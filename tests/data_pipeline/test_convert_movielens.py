@@ -8,11 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from configs.errors import UserError
-from data_pipeline.convert_movielens import GENRES, convert_movielens
-from data_pipeline.reader import ShardReader
-from data_pipeline.schema import load_schema
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.convert_movielens import GENRES, convert_movielens
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.schema import load_schema
 
 ML100K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "movielens_100k"
 needs_100k = pytest.mark.skipif(not (ML100K / "u.data").is_file(),

@@ -7,10 +7,9 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from configs.errors import UserError
-from data_pipeline.reader import ShardReader
-from data_pipeline.schema import SCHEMA_FILE, load_schema, split_files
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.schema import SCHEMA_FILE, load_schema, split_files
 
 
 def test_missing_dataset_folder_load_schema(tmp_path):

@@ -7,8 +7,7 @@ import threading
 import time
 
 import pytest
-
-from data_pipeline.prefetch import prefetch
+from shardrec.data_pipeline.prefetch import prefetch
 
 
 def _prefetch_threads() -> set[threading.Thread]:

@@ -13,10 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from configs.errors import UserError
-from data_pipeline.reader import RowGroup, ShardReader, assign_row_groups, list_row_groups
-from data_pipeline.schema import load_schema, split_files
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.reader import RowGroup, ShardReader, assign_row_groups, list_row_groups
+from shardrec.data_pipeline.schema import load_schema, split_files
 
 BATCH = 128  # does not divide 2400 and straddles the 300-row groups and 1000-row files
 
@@ -450,8 +449,8 @@ def test_pin_memory_batches_are_pinned_and_equal(shuffled_ds, rows_of):
 
 def test_batch_of_interleaved_features_across_blocks():
     """Multi-hot features between one-hot ones, and a batch made of two blocks' rows."""
-    from data_pipeline.convert_arrow import Block, batch_of
-    from data_pipeline.schema import DatasetSchema, SparseFeature
+    from shardrec.data_pipeline.convert_arrow import Block, batch_of
+    from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
 
     schema = DatasetSchema(label="y", dense=["d"], sparse=[
         SparseFeature("a", 100), SparseFeature("m1", 100, multi_hot=True), SparseFeature("b", 100),

@@ -10,11 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-
-import data_pipeline.synth as synth
-from configs.errors import UserError
-from data_pipeline.schema import load_schema
-from data_pipeline.synth import SPLITS, generate
+import shardrec.data_pipeline.synth as synth
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.schema import load_schema
+from shardrec.data_pipeline.synth import SPLITS, generate
 
 
 def _files(root: Path) -> list[Path]:
@@ -248,7 +247,7 @@ def test_minimum_rows_give_every_split_a_row(make_spec, tmp_path, fast_calibrati
 
 
 def test_max_table_size_and_multi_hot_override_every_preset():
-    from data_pipeline.synth import PRESETS, spec_from_preset
+    from shardrec.data_pipeline.synth import PRESETS, spec_from_preset
 
     for preset in PRESETS:
         spec = spec_from_preset(preset, 100, max_table_size=50, multi_hot=3)

@@ -8,11 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from corruption import copy_dataset, flip_bytes, map_column, set_value, split_files, truncate
-
-from configs.errors import UserError
-from data_pipeline.reader import ShardReader
-from data_pipeline.schema import load_schema
-from data_pipeline.validate import BadDataError
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.schema import load_schema
+from shardrec.data_pipeline.validate import BadDataError
 
 
 def read_all(ds, split="train", **kw):

@@ -19,17 +19,16 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from shardrec.configs.loader import load_config
+from shardrec.configs.tree import TableConstraints
+from shardrec.data_pipeline.convert_arrow import arrow_to_batch
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.schema import load_schema, split_files
+from shardrec.embeddings.tables import table_name
+from shardrec.trainer.distributed import init_distributed
+from shardrec.trainer.evaluate import evaluate
+from shardrec.trainer.loop import build_sharded_task
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-from configs.loader import load_config
-from configs.tree import TableConstraints
-from data_pipeline.convert_arrow import arrow_to_batch
-from data_pipeline.reader import ShardReader
-from data_pipeline.schema import load_schema, split_files
-from embeddings.tables import table_name
-from trainer.distributed import init_distributed
-from trainer.evaluate import evaluate
-from trainer.loop import build_sharded_task
 
 STEPS = 20
 GLOBAL_BATCH = 512

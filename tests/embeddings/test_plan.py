@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from configs.errors import UserError
-from configs.loader import load_config
-from embeddings.plan_report import GIB, format_report, plan_offline, table_gib
-from trainer.models.dlrm_dcn import mlperf_schema
-from trainer.registry import build_model
-from trainer.task import ClickTask
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import load_config
+from shardrec.embeddings.plan_report import GIB, format_report, plan_offline, table_gib
+from shardrec.trainer.models.dlrm_dcn import mlperf_schema
+from shardrec.trainer.registry import build_model
+from shardrec.trainer.task import ClickTask
 
 
 @pytest.fixture(scope="module")

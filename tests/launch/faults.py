@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import torch
+from shardrec.trainer.checkpoint import latest_checkpoint, list_checkpoints
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-from trainer.checkpoint import latest_checkpoint, list_checkpoints
 
 
 def children(pid: int) -> list[int]:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def shardrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "shardrec", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -78,8 +78,8 @@ def test_synth_train_eval_from_the_command_line(tmp_path):
 
 
 def test_version_and_models_list_every_model_and_flavor(capsys):
-    from launch.cli import main
-    from trainer.registry import MODELS
+    from shardrec.launch.cli import main
+    from shardrec.trainer.registry import MODELS
 
     with pytest.raises(SystemExit) as done:
         main(["--version"])
@@ -96,7 +96,7 @@ def test_version_and_models_list_every_model_and_flavor(capsys):
 
 def test_ray_data_source_outside_ray_is_one_line(tiny_data, tmp_path, capsys):
     pytest.importorskip("ray.train")
-    from launch.cli import main
+    from shardrec.launch.cli import main
 
     rc = main(["train", "--config", "tiny", f"--dataset.path={tiny_data}", "--run-dir", str(tmp_path / "run"),
                "--dataset.source=ray_data"])
@@ -107,8 +107,8 @@ def test_ray_data_source_outside_ray_is_one_line(tiny_data, tmp_path, capsys):
 
 
 def test_help_names_every_preset(capsys):
-    from configs.loader import preset_names
-    from launch.cli import main
+    from shardrec.configs.loader import preset_names
+    from shardrec.launch.cli import main
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

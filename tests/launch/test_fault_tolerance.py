@@ -22,11 +22,11 @@ QUIET = {**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
 
 def torchrun(data: str, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "--max-restarts=3", "-m", "launch.torchrun", *JOB, f"--dataset.path={data}", "--run-dir", str(run_dir)]
+            "--max-restarts=3", "-m", "shardrec.launch.torchrun", *JOB, f"--dataset.path={data}", "--run-dir", str(run_dir)]
 
 
 def ray_job(data: str, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", "ray", *JOB, "--num-workers", "2", f"--dataset.path={data}",
+    return [sys.executable, "-m", "shardrec", "ray", *JOB, "--num-workers", "2", f"--dataset.path={data}",
             "--run-dir", str(run_dir), "--ray.cpus_per_worker=0.5"]
 
 

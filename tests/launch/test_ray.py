@@ -22,7 +22,7 @@ def test_two_ray_train_workers_on_ray_data(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     # A subprocess, so the local Ray head it starts (on 127.0.0.1) stops with it.
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "ray", "--config", "tiny", "--num-workers", "2",
+        [sys.executable, "-m", "shardrec", "ray", "--config", "tiny", "--num-workers", "2",
          f"--dataset.path={tiny_data}", "--run-dir", str(run_dir), "--dataset.source=ray_data",
          # 2 workers on 2 cores: fractional CPUs leave room for Ray Data's read tasks.
          "--ray.cpus_per_worker=0.5", "--train.num_threads=1"],
@@ -45,9 +45,9 @@ def test_two_ray_train_workers_on_ray_data(tiny_data, tmp_path):
     (["--ray.num_workers=2", "--dataset.source=ray_data"], "needs a free CPU for Ray Data's read tasks"),
 ])
 def test_preflight_refuses_what_the_cluster_cannot_give(overrides, words):
-    from configs.errors import UserError
-    from configs.loader import load_config
-    from launch.ray_launcher import _preflight
+    from shardrec.configs.errors import UserError
+    from shardrec.configs.loader import load_config
+    from shardrec.launch.ray_launcher import _preflight
 
     with pytest.raises(UserError, match=re.escape(words)):
         _preflight(load_config("tiny", overrides), {"CPU": 2.0})
@@ -56,9 +56,9 @@ def test_preflight_refuses_what_the_cluster_cannot_give(overrides, words):
 
 
 def test_a_submitted_job_refuses_relative_paths(monkeypatch):
-    from configs.errors import UserError
-    from configs.loader import load_config
-    from launch.ray_launcher import _check_paths
+    from shardrec.configs.errors import UserError
+    from shardrec.configs.loader import load_config
+    from shardrec.launch.ray_launcher import _check_paths
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     with pytest.raises(UserError, match="'dataset.path' is the relative path 'data/tiny'"):
@@ -73,7 +73,7 @@ def test_asking_for_more_cpus_than_the_cluster_has_fails_fast_in_one_line(tiny_d
     pytest.importorskip("ray.train")
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "ray", "--config", "tiny", "--num-workers", "2",
+        [sys.executable, "-m", "shardrec", "ray", "--config", "tiny", "--num-workers", "2",
          f"--dataset.path={tiny_data}", "--run-dir", str(tmp_path / "run"), "--ray.cpus_per_worker=4"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"},

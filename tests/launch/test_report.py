@@ -3,8 +3,8 @@ a folder that is not a run folder is a one-line error."""
 
 from __future__ import annotations
 
-from launch.cli import main
-from trainer.run_dir import RunDir
+from shardrec.launch.cli import main
+from shardrec.trainer.run_dir import RunDir
 
 
 def fake_run(path, auc_end: float, steps: int = 40) -> None:
@@ -66,7 +66,7 @@ def test_folders_without_metrics_are_skipped_with_a_note(tmp_path, capsys):
 
 
 def test_final_test_score_is_a_series_apart_from_validation(tmp_path):
-    from trainer.report import eval_series, final_split, load_run
+    from shardrec.trainer.report import eval_series, final_split, load_run
 
     fake_run(tmp_path / "run", 0.71)
     rd = RunDir(tmp_path / "run", is_main=True)

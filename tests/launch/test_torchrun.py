@@ -15,12 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def planned(data: str, world_size: int) -> dict[str, tuple]:
     """{table: (sharding type, kernel, ranks)} of `shardrec plan` for the tiny preset on CPU."""
     import torch
-
-    from configs.loader import load_config
-    from data_pipeline.schema import load_schema
-    from embeddings.plan_report import plan_offline
-    from trainer.registry import build_model
-    from trainer.task import ClickTask
+    from shardrec.configs.loader import load_config
+    from shardrec.data_pipeline.schema import load_schema
+    from shardrec.embeddings.plan_report import plan_offline
+    from shardrec.trainer.registry import build_model
+    from shardrec.trainer.task import ClickTask
 
     cfg = load_config("tiny", [f"--dataset.path={data}"])
     model = ClickTask(build_model(load_schema(data), cfg.model, torch.device("meta")))
@@ -33,7 +32,7 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "launch.torchrun", "--config", "tiny", f"--dataset.path={tiny_data}",
+         "-m", "shardrec.launch.torchrun", "--config", "tiny", f"--dataset.path={tiny_data}",
          "--run-dir", str(run_dir), "--train.num_threads=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -63,7 +62,7 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
 def test_three_ranks_evaluate_a_split_of_two_row_groups_like_one(tmp_path):
     """Rank 2 holds no row of the test split: it still joins every sharded forward, and the
     AUC over all ranks equals the single-process one."""
-    from data_pipeline.synth import generate, spec_from_preset
+    from shardrec.data_pipeline.synth import generate, spec_from_preset
 
     spec = spec_from_preset("tiny", 6000, seed=4)
     spec.rows_per_file, spec.row_group_rows = 1000, 300
@@ -73,14 +72,14 @@ def test_three_ranks_evaluate_a_split_of_two_row_groups_like_one(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
-         "-m", "launch.torchrun", "--config", "tiny", f"--dataset.path={data}", "--run-dir", str(run_dir),
+         "-m", "shardrec.launch.torchrun", "--config", "tiny", f"--dataset.path={data}", "--run-dir", str(run_dir),
          "--train.num_threads=1", "--train.batch_size=64", "--eval.batch_size=128"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 3 and summary["eval_rows"] == 600
-    single = subprocess.run([sys.executable, "-m", "launch.cli", "eval", "--run-dir", str(run_dir)],
+    single = subprocess.run([sys.executable, "-m", "shardrec", "eval", "--run-dir", str(run_dir)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     one = json.loads(single.stdout)

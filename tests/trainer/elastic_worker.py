@@ -23,9 +23,9 @@ def row_keys(dense: np.ndarray) -> list[str]:
 def worker(rank: int, world_size: int, port: int, overrides: list[str], record: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from configs.loader import load_config
-    from data_pipeline.reader import ShardReader
-    from trainer.loop import run
+    from shardrec.configs.loader import load_config
+    from shardrec.data_pipeline.reader import ShardReader
+    from shardrec.trainer.loop import run
 
     batches: list[tuple[int, list[str]]] = []  # (epoch, row keys) per batch
     real_iter = ShardReader.__iter__

@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch.multiprocessing as mp
 from elastic_worker import row_keys, worker
-
-from data_pipeline.schema import load_schema, split_files
+from shardrec.data_pipeline.schema import load_schema, split_files
 
 GLOBAL_BATCH = 512
 

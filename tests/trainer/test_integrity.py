@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from corruption import copy_dataset, flip_bytes, set_value, split_files
-
-from launch.cli import main
-from trainer.checkpoint import INFO_FILE, list_checkpoints
-from trainer.run_dir import RunDir
+from shardrec.launch.cli import main
+from shardrec.trainer.checkpoint import INFO_FILE, list_checkpoints
+from shardrec.trainer.run_dir import RunDir
 
 FAST = ["--train.max_steps=6", "--eval.max_batches=1", "--train.log_every=1"]
 
@@ -172,9 +171,8 @@ def test_crafted_metadata_is_refused_and_runs_nothing(capsys, run_copy, tmp_path
 def test_crafted_non_tensor_entry_is_refused_and_runs_nothing(tmp_path):
     """DCP stores non-tensor entries with torch.save; shardrec reads them weights_only."""
     import torch.distributed.checkpoint as dcp
-
-    from configs.errors import UserError
-    from trainer.safe_dcp import safe_load
+    from shardrec.configs.errors import UserError
+    from shardrec.trainer.safe_dcp import safe_load
 
     marker = tmp_path / "marker"
     dcp.save({"x": _WritesMarker(marker), "n": 3}, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
@@ -277,11 +275,11 @@ def test_truncated_gzip_input_names_the_file(capsys, tmp_path):
 
 def test_fbgemm_refuses_out_of_range_ids_as_second_line(tiny_data):
     """Batches that bypass the reader still cannot be clamped silently (bounds check FATAL)."""
-    from configs.loader import load_config
-    from data_pipeline.reader import ShardReader
-    from data_pipeline.schema import load_schema
-    from trainer.distributed import init_distributed, shutdown
-    from trainer.loop import build_sharded_task
+    from shardrec.configs.loader import load_config
+    from shardrec.data_pipeline.reader import ShardReader
+    from shardrec.data_pipeline.schema import load_schema
+    from shardrec.trainer.distributed import init_distributed, shutdown
+    from shardrec.trainer.loop import build_sharded_task
 
     env = init_distributed()
     try:

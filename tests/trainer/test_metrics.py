@@ -9,9 +9,14 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from trainer.metrics import AUC_BINS, LOGIT_RANGE, ClickMetrics, auc_from_histograms, entropy
-from trainer.progress import Progress
+from shardrec.trainer.metrics import (
+    AUC_BINS,
+    LOGIT_RANGE,
+    ClickMetrics,
+    auc_from_histograms,
+    entropy,
+)
+from shardrec.trainer.progress import Progress
 
 
 def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -36,7 +36,7 @@ def gridded(x: np.ndarray) -> np.ndarray:
 
 
 def worker(rank: int, world_size: int, store: str, out: str) -> None:
-    from trainer.metrics import ClickMetrics
+    from shardrec.trainer.metrics import ClickMetrics
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)

@@ -12,17 +12,16 @@ import itertools
 
 import pytest
 import torch
+from shardrec.configs.tree import ModelConfig
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
+from shardrec.embeddings.tables import LINEAR_WIDTH
+from shardrec.trainer.models import wide_deep
+from shardrec.trainer.models.common import fm_interaction
+from shardrec.trainer.models.dcn import DCNv2Flavor, cross_network
+from shardrec.trainer.models.xdeepfm import CIN
+from shardrec.trainer.registry import MODELS, build_model
 from torchrec.modules.deepfm import FactorizationMachine as TorchRecFM
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
-
-from configs.tree import ModelConfig
-from data_pipeline.schema import DatasetSchema, SparseFeature
-from embeddings.tables import LINEAR_WIDTH
-from trainer.models import wide_deep
-from trainer.models.common import fm_interaction
-from trainer.models.dcn import DCNv2Flavor, cross_network
-from trainer.models.xdeepfm import CIN
-from trainer.registry import MODELS, build_model
 
 CPU = torch.device("cpu")
 # Sizes chosen so that the debug Wide&Deep (hash size 1000) has exact and hashed crosses.

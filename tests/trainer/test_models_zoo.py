@@ -10,20 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import PRESET_DIR, load_config
+from shardrec.configs.tree import ModelConfig
+from shardrec.data_pipeline.convert_movielens import GENRES, convert_movielens
+from shardrec.data_pipeline.synth import generate, spec_from_preset
+from shardrec.trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
+from shardrec.trainer.models.common import materializable
+from shardrec.trainer.models.dlrm_dcn import MLPERF_TABLE_SIZES, mlperf_schema
+from shardrec.trainer.registry import MODELS, build_model
 from torch import nn
 from torchrec.modules.crossnet import CrossNet, LowRankMixtureCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-from configs.errors import UserError
-from configs.loader import PRESET_DIR, load_config
-from configs.tree import ModelConfig
-from data_pipeline.convert_movielens import GENRES, convert_movielens
-from data_pipeline.synth import generate, spec_from_preset
-from trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
-from trainer.models.common import materializable
-from trainer.models.dlrm_dcn import MLPERF_TABLE_SIZES, mlperf_schema
-from trainer.registry import MODELS, build_model
 
 META = torch.device("meta")
 
@@ -159,9 +158,9 @@ def multihot_data(tmp_path_factory) -> str:
 def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
     # The real path: meta build, planner + DMP, TorchRec's sparse-dist pipeline (which traces
     # the model with torch.fx), fused optimizers, evaluation.
-    from data_pipeline.schema import load_schema
-    from trainer.distributed import init_distributed, shutdown
-    from trainer.loop import build_sharded_task, run
+    from shardrec.data_pipeline.schema import load_schema
+    from shardrec.trainer.distributed import init_distributed, shutdown
+    from shardrec.trainer.loop import build_sharded_task, run
 
     cfg = load_config("tiny", [f"--dataset.path={multihot_data}", f"--run_dir={tmp_path / 'run'}",
                                f"--model.name={name}", "--model.flavor=debug", "--train.max_steps=6",
@@ -180,12 +179,11 @@ def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
 def test_add_flavor_reaches_the_registry():
     """bench/bench_train.py registers its own DLRM flavor this way."""
     import torch
-
-    from configs.errors import UserError
-    from configs.tree import ModelConfig
-    from data_pipeline.synth import _schema, spec_from_preset
-    from trainer.models.dlrm import DLRMFlavor
-    from trainer.registry import MODELS, add_flavor, build_model
+    from shardrec.configs.errors import UserError
+    from shardrec.configs.tree import ModelConfig
+    from shardrec.data_pipeline.synth import _schema, spec_from_preset
+    from shardrec.trainer.models.dlrm import DLRMFlavor
+    from shardrec.trainer.registry import MODELS, add_flavor, build_model
 
     add_flavor("dlrm", "test_only", DLRMFlavor(4, (8, 4), (8, 1)))
     try:

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from configs.errors import UserError
-from configs.tree import OptimizerConfig
-from trainer.loop import run
-from trainer.optim import lr_multiplier, make_scheduler
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import OptimizerConfig
+from shardrec.trainer.loop import run
+from shardrec.trainer.optim import lr_multiplier, make_scheduler
 
 
 def test_warmup_constant_then_polynomial_decay():

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from configs.errors import UserError
-from configs.loader import load_config
-from data_pipeline.schema import load_schema
-from trainer.distributed import init_distributed, shutdown
-from trainer.loop import build_sharded_task, resolve_batch_size, run
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import load_config
+from shardrec.data_pipeline.schema import load_schema
+from shardrec.trainer.distributed import init_distributed, shutdown
+from shardrec.trainer.loop import build_sharded_task, resolve_batch_size, run
 
 
 def test_global_batch_size_sets_the_per_rank_one():

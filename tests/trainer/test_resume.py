@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from configs.errors import UserError
-from configs.loader import load_config
-from trainer.loop import run
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import load_config
+from shardrec.trainer.loop import run
 
 
 def _cfg(tiny_data: str, run_dir: Path, *extra: str):

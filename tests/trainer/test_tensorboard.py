@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from shardrec.configs.loader import load_config
+from shardrec.trainer.loop import run
+from shardrec.trainer.run_dir import RunDir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from configs.loader import load_config
-from trainer.loop import run
-from trainer.run_dir import RunDir
 
 TRAIN_TAGS = {"train/loss", "train/samples_per_s", "train/lr_embeddings", "train/lr_dense"}
 EVAL_TAGS = {"eval_test/auc", "eval_test/logloss", "eval_test/ne", "eval_test/calibration", "eval_test/accuracy", "eval_test/mse",

@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from configs.errors import UserError
-from trainer.checkpoint import list_checkpoints
-from trainer.loop import evaluate_checkpoint, run
+from shardrec.configs.errors import UserError
+from shardrec.trainer.checkpoint import list_checkpoints
+from shardrec.trainer.loop import evaluate_checkpoint, run
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    from configs.loader import load_config
+    from shardrec.configs.loader import load_config
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config("tiny", [f"--dataset.path={tiny_data}", f"--run_dir={run_dir}",

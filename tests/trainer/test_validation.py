@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from configs.loader import load_config
-from trainer.loop import run
+from shardrec.configs.loader import load_config
+from shardrec.trainer.loop import run
 
 
 @pytest.mark.slow

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from configs.loader import load_config
-from data_pipeline.convert_movielens import convert_movielens
-from trainer.loop import run
+from shardrec.configs.loader import load_config
+from shardrec.data_pipeline.convert_movielens import convert_movielens
+from shardrec.trainer.loop import run
 
 RAW = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "movielens_100k"
 AUC_FLOOR, LR_MARGIN = 0.78, 0.01

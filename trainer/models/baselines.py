@@ -15,12 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torchrec.modules.embedding_configs import PoolingType
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from data_pipeline.schema import DatasetSchema
-from trainer.models.common import (
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.models.common import (
     FeatureLinear,
     all_fields,
     dense_fields,
@@ -28,6 +24,9 @@ from trainer.models.common import (
     fm_interaction,
     mlp_tower,
 )
+from torch import nn
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.embeddings.tables import LINEAR_WIDTH, linear_table_configs, table_configs
 from torch import nn
 from torchrec.models.dlrm import SparseArch
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from data_pipeline.schema import DatasetSchema
-from embeddings.tables import LINEAR_WIDTH, linear_table_configs, table_configs
 
 
 class InitParameterList(nn.ParameterList):

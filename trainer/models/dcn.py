@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.models.common import field_embeddings, materializable, mlp, mlp_out
 from torch import nn
 from torchrec.modules.crossnet import (
     CrossNet,
@@ -37,9 +39,6 @@ from torchrec.modules.crossnet import (
 )
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from data_pipeline.schema import DatasetSchema
-from trainer.models.common import field_embeddings, materializable, mlp, mlp_out
 
 
 @dataclass(frozen=True)

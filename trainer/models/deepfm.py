@@ -21,13 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torchrec.modules import deepfm as trec_deepfm
-from torchrec.modules.embedding_configs import PoolingType
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from data_pipeline.schema import DatasetSchema
-from trainer.models.common import (
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.models.common import (
     FeatureLinear,
     all_fields,
     dense_fields,
@@ -35,6 +30,10 @@ from trainer.models.common import (
     fm_interaction,
     mlp_tower,
 )
+from torch import nn
+from torchrec.modules import deepfm as trec_deepfm
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.embeddings.tables import table_configs
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-
-from data_pipeline.schema import DatasetSchema
-from embeddings.tables import table_configs
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
+from shardrec.embeddings.tables import table_configs
+from shardrec.trainer.models.common import materializable
 from torchrec.models.dlrm import DLRM_DCN
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-
-from data_pipeline.schema import DatasetSchema, SparseFeature
-from embeddings.tables import table_configs
-from trainer.models.common import materializable
 
 
 @dataclass(frozen=True)

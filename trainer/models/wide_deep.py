@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import torch
+from shardrec.configs.errors import UserError
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.embeddings.tables import cross_feature_name, cross_table_configs
+from shardrec.trainer.models.common import FeatureLinear, field_embeddings, mlp_tower, scalar_sum
 from torch import nn
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from configs.errors import UserError
-from data_pipeline.schema import DatasetSchema
-from embeddings.tables import cross_feature_name, cross_table_configs
-from trainer.models.common import FeatureLinear, field_embeddings, mlp_tower, scalar_sum
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.models.common import FeatureLinear, field_embeddings, mlp_tower
 from torch import nn
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from data_pipeline.schema import DatasetSchema
-from trainer.models.common import FeatureLinear, field_embeddings, mlp_tower
 
 
 @dataclass(frozen=True)
