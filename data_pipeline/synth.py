@@ -102,7 +102,8 @@ class _IdSampler:
         return (rank.astype(np.int64) * self.a + self.b) % self.size
 
 
-def _schema(spec: SynthSpec) -> DatasetSchema:
+def schema_of(spec: SynthSpec) -> DatasetSchema:
+    """The schema of the data set `spec` describes (no rows needed)."""
     return DatasetSchema(
         label="label",
         dense=[f"I{i + 1}" for i in range(NUM_DENSE)],
@@ -151,7 +152,7 @@ def generate(spec: SynthSpec, out: str | os.PathLike, overwrite: bool = False,
         raise UserError("table_sizes and max_ids must have one entry per sparse feature")
     if spec.rows < len(SPLITS):
         raise UserError(f"--rows must be at least {len(SPLITS)}, got {spec.rows}")
-    schema = _schema(spec)
+    schema = schema_of(spec)
     master = np.random.default_rng(spec.seed)
     samplers = [_IdSampler(size, spec.zipf_alpha, master) for size in spec.table_sizes]
     teacher = Teacher(NUM_DENSE, spec.table_sizes, seed=spec.seed)

@@ -96,7 +96,8 @@ def _id_error(where: Where, k: int, name: str, value: int, size: int, lo: int, h
 
 def _check_ids(block: Block, where: Where) -> None:
     schema = block.schema
-    for name, k in block.id_nulls.items():
+    if block.id_nulls:
+        name, k = next(iter(block.id_nulls.items()))
         raise BadDataError(f"{where(k)}: sparse column '{name}' has a null id; expected an id in "
                            f"[0, {schema.sparse[schema.sparse_names.index(name)].num_embeddings}) "
                            "(a multi-hot row may be an empty or null list, not hold nulls)")

@@ -19,7 +19,7 @@ from shardrec.configs.errors import UserError
 from shardrec.configs.loader import PRESET_DIR
 from shardrec.configs.tree import ModelConfig
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
-from shardrec.data_pipeline.synth import PRESETS, _schema, spec_from_preset
+from shardrec.data_pipeline.synth import PRESETS, schema_of, spec_from_preset
 from shardrec.trainer.registry import MODELS, build_model
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -30,7 +30,7 @@ DEFAULT_SCHEMA = "criteo-kaggle"
 def schema_for(name: str) -> DatasetSchema:
     """A synth preset's schema (criteo-kaggle, demo, tiny, tiny-multihot) or a data set folder."""
     if name in PRESETS:
-        return _schema(spec_from_preset(name, 1))
+        return schema_of(spec_from_preset(name, 1))
     if Path(name).is_dir():
         return load_schema(name)
     raise UserError(f"--schema '{name}': neither a data set folder nor one of {', '.join(PRESETS)}")

@@ -276,9 +276,9 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
            resume_from: str | None, model, optimizer, train, evaluation, validation) -> dict:
     scheduler = make_scheduler(optimizer, cfg.optimizer)
     global_batch = cfg.train.batch_size * env.world_size
+    plan = describe_plan(model)
     info = {"fingerprint": expected, "world_size": env.world_size, "global_batch_size": global_batch,
-            "batch_size": cfg.train.batch_size,
-            "plan": {t: p["sharding_type"] for t, p in describe_plan(model).items()}}
+            "batch_size": cfg.train.batch_size, "plan": {t: p["sharding_type"] for t, p in plan.items()}}
 
     # Steps: max_steps, or every batch of every epoch (a resumed epoch may hold a few more or
     # fewer batches than len(train) says when it continues at another world size).
@@ -350,7 +350,7 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
         "calibration": metrics["calibration"], "accuracy": metrics["accuracy"], "mse": metrics["mse"],
         "label_rate": metrics["label_rate"], "eval_split": cfg.eval.split,
         "eval_rows": metrics["rows"], "run_dir": str(run_dir.path),
-        "plan": describe_plan(model),
+        "plan": plan,
     }
     if cfg.eval.split in schema.teacher_auc:
         summary["teacher_auc"] = schema.teacher_auc[cfg.eval.split]

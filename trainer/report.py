@@ -46,13 +46,18 @@ class RunRecords:
         return out
 
 
+def has_records(root: Path) -> bool:
+    """A folder a run has written records into (metrics.jsonl or summary.json)."""
+    return (root / "metrics.jsonl").is_file() or (root / "summary.json").is_file()
+
+
 def load_run(path: str | Path) -> RunRecords:
     """Read a run folder; a path that is not one is a one-line UserError."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"run folder '{root}' does not exist")
     metrics, summary = root / "metrics.jsonl", root / "summary.json"
-    if not metrics.is_file() and not summary.is_file():
+    if not has_records(root):
         raise UserError(f"'{root}' is not a run folder (no metrics.jsonl or summary.json; "
                         "give a --run-dir written by `shardrec train`)")
     run = RunRecords(root, root.resolve().name)
@@ -169,7 +174,7 @@ def write_report(run_dirs: list[str], out: str | Path | None = None,
     exist is an error."""
     runs = []
     for p in run_dirs:
-        if Path(p).is_dir() and not (Path(p) / "metrics.jsonl").is_file() and not (Path(p) / "summary.json").is_file():
+        if Path(p).is_dir() and not has_records(Path(p)):
             if skipped is not None:
                 skipped.append(str(p))
                 continue

@@ -181,13 +181,13 @@ def test_add_flavor_reaches_the_registry():
     import torch
     from shardrec.configs.errors import UserError
     from shardrec.configs.tree import ModelConfig
-    from shardrec.data_pipeline.synth import _schema, spec_from_preset
+    from shardrec.data_pipeline.synth import schema_of, spec_from_preset
     from shardrec.trainer.models.dlrm import DLRMFlavor
     from shardrec.trainer.registry import MODELS, add_flavor, build_model
 
     add_flavor("dlrm", "test_only", DLRMFlavor(4, (8, 4), (8, 1)))
     try:
-        model = build_model(_schema(spec_from_preset("tiny", 1)), ModelConfig("dlrm", "test_only"), torch.device("meta"))
+        model = build_model(schema_of(spec_from_preset("tiny", 1)), ModelConfig("dlrm", "test_only"), torch.device("meta"))
         assert sum(p.numel() for p in model.parameters()) > 0
     finally:
         del MODELS["dlrm"].flavors["test_only"]
