@@ -1,30 +1,34 @@
 """What reaches the console: shardrec's own lines, not the libraries' chatter.
 
 Every launcher (the CLI, the torchrun entry, Ray Train workers, benchmarks) calls
-`quiet_libraries()` first: TorchRec and torch log at INFO and warn through the root logger
-("Sharding spec not found", once per data-parallel table), FBGEMM's C++ side logs through
-TORCH_CPP_LOG_LEVEL, and Python warnings repeat per rank.
+`quiet_libraries()` before importing TorchRec: TorchRec and torch log at INFO and warn through
+the root logger ("Sharding spec not found", once per data-parallel table), FBGEMM logs a line
+per kernel library it loads (and its C++ side through TORCH_CPP_LOG_LEVEL), and Python
+warnings repeat per rank. Their warnings go to the run folder's library.log instead
+(trainer/library_logs.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 
-# shardrec's own loggers (module names are shardrec.<folder>.<file>) keep WARNING.
-OWN = ("shardrec",)
+from shardrec.trainer.library_logs import OWN, route_library_logs
 
 
 def quiet_libraries() -> None:
-    """Library loggers to ERROR, Python warnings off, shardrec's loggers at WARNING."""
-    warnings.filterwarnings("ignore")
+    """Library records off the console (warnings to library.log), shardrec's at WARNING."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    logging.basicConfig(level=logging.WARNING)
+    route_library_logs()
     import torch  # noqa: F401 - torch sets its loggers' levels on import; override after
 
     for name in ("torchrec", "torch", "torch.fx._symbolic_trace", "fbgemm_gpu"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in OWN:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # torch gives some of its loggers ("torch", "torch.distributed") a stderr handler of their
+    # own and stops them propagating; hand their records to the root's handlers instead.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "torch" and isinstance(logger, logging.Logger) and not logger.propagate:
+            for handler in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+    logging.getLogger(OWN).setLevel(logging.WARNING)

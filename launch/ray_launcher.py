@@ -23,9 +23,10 @@ from shardrec.configs.tree import Config
 def _worker(config: dict) -> None:
     import ray.train
     from shardrec.launch.console import quiet_libraries
+
+    quiet_libraries()  # before anything imports TorchRec (FBGEMM logs as it loads)
     from shardrec.trainer.loop import run
 
-    quiet_libraries()
     summary = run(build(Config, config, prefix=""))
     # Every worker reports (Ray Train expects all to); only numbers go into Ray's metrics.
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})

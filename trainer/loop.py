@@ -36,6 +36,7 @@ from shardrec.trainer.checkpoint import (
 )
 from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
 from shardrec.trainer.evaluate import evaluate
+from shardrec.trainer.library_logs import log_to_run_folder, stop_logging_to_run_folder
 from shardrec.trainer.optim import lr_multiplier, make_optimizer, make_scheduler
 from shardrec.trainer.progress import Progress
 from shardrec.trainer.registry import build_model
@@ -250,6 +251,7 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     expected = fingerprint(cfg.model, schema)
     try:
         on_rank0(env, lambda: open_run_dir(cfg, run_dir, expected, env.world_size, resume_from))
+        log_to_run_folder(run_dir.path, env.rank)  # rank 0 made the folder (on_rank0 waited for it)
         run_dir.write_config(cfg)
         try:
             return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer,
@@ -258,6 +260,7 @@ def _run(cfg: Config, env: DistEnv) -> dict:
             run_dir.log({"event": "error", "message": str(e)})  # the run folder says why it stopped
             raise
     finally:
+        stop_logging_to_run_folder()
         run_dir.close()  # flushes TensorBoard, releases the folder's lock
 
 

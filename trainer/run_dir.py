@@ -30,7 +30,7 @@ from shardrec.configs.tree import Config
 
 LOCK_FILE = ".lock"
 # What a run leaves in its folder; --overwrite removes these and nothing else.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "report.png", "report.md")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "report.png", "report.md", "library.log")
 
 
 def default_run_dir(cfg: Config) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
          "-m", "shardrec.launch.torchrun", "--config", "tiny", f"--dataset.path={tiny_data}",
          "--run-dir", str(run_dir), "--train.num_threads=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # else torchrun prints a banner about it
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -56,6 +58,15 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
     assert planned(tiny_data, 2) == {t: (p["sharding_type"], p["compute_kernel"], sorted(set(p["ranks"])))
                                      for t, p in summary["plan"].items()}
     assert (run_dir / "checkpoints" / f"step_{summary['steps']}" / ".metadata").is_file()
+    # The console has shardrec's lines only, the summary last; the libraries' warnings (every
+    # rank's) are in the run folder's library.log.
+    ours = ("data ", "step ", "dlrm/", "logloss ", "run folder: ")
+    workers = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert [line for line in workers if not line.startswith(ours)] == []
+    assert proc.stdout.strip().splitlines()[-1] == f"run folder: {run_dir}"
+    library_log = (run_dir / "library.log").read_text()
+    assert "rank 0 " in library_log and "rank 1 " in library_log
+    assert "Sharding spec not found" in library_log or "data_parallel" not in str(summary["plan"])
 
 
 @pytest.mark.slow
