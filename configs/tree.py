@@ -109,6 +109,14 @@ class EmbeddingsConfig:
     lr: PosFloat = 0.05
     # Epsilon of the Adagrad-type embedding optimizers.
     eps: PosFloat = 1e-8
+    # Weight decay of the fused embedding optimizer (FBGEMM applies it to the rows a batch
+    # touches; only rowwise_adagrad supports it). Tables the planner makes data-parallel are
+    # updated by the dense optimizer instead and take optimizer.weight_decay.
+    weight_decay: NonNegFloat = 0.0
+    # How: "decoupled" scales each row a step updates by (1 - lr * weight_decay), AdamW-style;
+    # "l2" adds weight_decay * w to its gradient before Adagrad's scaling (CUDA only: FBGEMM's
+    # CPU kernels ignore weight decay, and shardrec applies the decoupled rule itself there).
+    weight_decay_mode: Literal["decoupled", "l2"] = "decoupled"
     # Storage type of the table weights: fp16 halves their memory (FBGEMM updates them with
     # stochastic rounding); the optimizer state stays fp32.
     weights_dtype: Literal["fp32", "fp16"] = "fp32"
@@ -149,6 +157,23 @@ class OptimizerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when the validation split's metric stops improving; score the best weights."""
+
+    # Validation metric that decides ("" = no early stopping). With a metric set, the split
+    # `eval.validation_split` is scored every `eval.every_steps` steps, or after every epoch
+    # when that is 0; the best weights are kept in checkpoints/best/ and the final test score
+    # is theirs.
+    metric: Literal["", "auc", "logloss", "ne", "accuracy", "mse"] = ""
+    # "max" or "min"; "auto" = max for auc and accuracy, min for logloss, ne and mse.
+    mode: Literal["auto", "max", "min"] = "auto"
+    # Validations in a row without an improvement before training stops.
+    patience: PosInt = 2
+    # An improvement must beat the best value by more than this.
+    min_delta: NonNegFloat = 0.0
+
+
+@dataclass
 class TrainConfig:
     """The training loop."""
 
@@ -179,6 +204,8 @@ class TrainConfig:
     # Timeout of the process group's collectives, in minutes: a rank that waits longer for
     # a lost peer fails, so torchrun or Ray can restart the job (gloo's own default is 30).
     pg_timeout_minutes: PosFloat = 10.0
+    # Early stopping on a validation metric (see EarlyStoppingConfig).
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -194,6 +221,8 @@ class EvalConfig:
     # Also score `validation_split` every N training steps (0 = only at the end): the AUC
     # curve in TensorBoard, metrics.jsonl and `shardrec report`.
     every_steps: Count = 0
+    # Also score `validation_split` after every epoch.
+    every_epoch: bool = False
     # Split scored during training.
     validation_split: str = "valid"
 

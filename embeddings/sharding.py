@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import EmbeddingsConfig, TableConstraints
 from torch import nn
@@ -37,6 +38,7 @@ FUSED_OPTIMIZERS = {
     "adagrad": EmbOptimType.EXACT_ADAGRAD,
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
 }
+WEIGHT_DECAY_MODES = {"l2": WeightDecayMode.L2, "decoupled": WeightDecayMode.DECOUPLE}
 SHARDING_TYPES = [t.value for t in (
     ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE,
     ShardingType.TABLE_ROW_WISE, ShardingType.TABLE_COLUMN_WISE, ShardingType.DATA_PARALLEL,
@@ -71,6 +73,12 @@ def fused_params(cfg: EmbeddingsConfig) -> dict:
               "bounds_check_mode": BoundsCheckMode.FATAL}
     if cfg.optimizer != "sgd":
         params["eps"] = cfg.eps
+    if cfg.weight_decay:
+        if cfg.optimizer != "rowwise_adagrad":
+            raise UserError(f"config key 'embeddings.weight_decay': FBGEMM's fused {cfg.optimizer} has no weight "
+                            "decay; use --embeddings.optimizer=rowwise_adagrad or weight_decay 0")
+        params["weight_decay"] = cfg.weight_decay
+        params["weight_decay_mode"] = WEIGHT_DECAY_MODES[cfg.weight_decay_mode]
     return params
 
 

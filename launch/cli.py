@@ -93,6 +93,44 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    import os
+
+    from shardrec.trainer.predict import predict
+
+    _no_extra(extra)
+    keep = [c for part in args.keep for c in part.split(",") if c]
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        rows = predict(args.run_dir, args.input, args.out, keep, args.checkpoint, args.batch_size)
+    else:  # under torchrun: each rank scores its share of the batches; rank 0 joins them
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        try:
+            rows = predict(args.run_dir, args.input, args.out, keep, args.checkpoint, args.batch_size,
+                           rank=dist.get_rank(), world_size=world_size, barrier=dist.barrier)
+            totals = [0] * world_size
+            dist.all_gather_object(totals, rows)
+            rows = sum(totals)
+        finally:
+            dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
+    print(f"scored {rows:,} rows into {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from shardrec.trainer.export import export_run
+
+    _no_extra(extra)
+    manifest = export_run(args.run_dir, args.out, args.checkpoint, args.overwrite)
+    print(f"exported {manifest['model']}/{manifest['flavor']} (step {manifest['step']}) to {args.out}: "
+          f"model.pt2 (torch.export), weights.pt; load it as {args.out}/README.md shows")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
     from shardrec.trainer.catalog import render
 
@@ -136,6 +174,9 @@ def print_summary(s: dict) -> None:
     if "teacher_auc" in s:
         t = s["teacher_auc"]
         auc += f" (teacher {t:.4f}; reached {(s['auc'] - 0.5) / (t - 0.5):.1%} of the teacher's lift over 0.5)"
+    if "best_step" in s:
+        auc += (f" | best valid {s['best_metric']} {s['best_value']:.4f} at step {s['best_step']}"
+                + (" (stopped early)" if s["stopped_early"] else ""))
     print(f"\n{s['model']}/{s['flavor']}: {auc}\n"
           f"logloss {s['logloss']:.4f}, NE {s.get('ne', float('nan')):.4f}, "
           f"calibration {s.get('calibration', float('nan')):.3f} | {s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s "
@@ -220,9 +261,31 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a run's checkpoint on a split")
     e.add_argument("--run-dir", required=True, help="a run folder written by `shardrec train`")
-    e.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the latest of the run)")
+    e.add_argument("--checkpoint", default=None,
+                   help="checkpoint folder, or `best` (the weights early stopping kept); default: the latest")
     e.add_argument("--split", default=None, help="split to score (default: eval.split of the run's config)")
     e.set_defaults(fn=cmd_eval)
+
+    checkpoint_help = "checkpoint folder, or `best` (the weights early stopping kept); default: the latest"
+    pr = sub.add_parser("predict", help="score rows with a trained model (raw rows or the data set's format)",
+                        epilog="Under torchrun (`torchrun --nproc_per_node=N -m shardrec predict ...`) each rank "
+                               "scores its share; the output keeps the input's row order.")
+    pr.add_argument("--run-dir", required=True, help="a run folder written by `shardrec train`")
+    pr.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    pr.add_argument("--input", nargs="+", required=True,
+                    help="files (Parquet in the data set's format, e.g. a split folder, or raw CSV/Parquet/JSON "
+                         "lines rows of a `convert table` data set, encoded with its saved vocabularies)")
+    pr.add_argument("--out", required=True, help="output Parquet file: the --keep columns and `score`")
+    pr.add_argument("--keep", action="append", default=[], help="input columns to copy into the output (COL,...)")
+    pr.add_argument("--batch-size", type=int, default=8192, help="rows scored at a time")
+    pr.set_defaults(fn=cmd_predict)
+
+    ex = sub.add_parser("export", help="write the model as one unsharded torch.export program + weights")
+    ex.add_argument("--run-dir", required=True, help="a run folder written by `shardrec train`")
+    ex.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    ex.set_defaults(fn=cmd_export)
     return p
 
 

@@ -46,6 +46,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 log = logging.getLogger(__name__)
 
 PREFIX = "step_"
+BEST = "best"  # checkpoints/best/: the best validation score's weights (early stopping)
 INFO_FILE = "shardrec.json"
 FORMAT, VERSION = "shardrec-checkpoint", 1
 

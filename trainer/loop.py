@@ -25,7 +25,9 @@ from shardrec.configs.tree import Config
 from shardrec.data_pipeline.reader import ShardReader
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
 from shardrec.embeddings.sharding import describe_plan, resume_pins, shard_model
+from shardrec.embeddings.weight_decay import CpuDecoupledDecay
 from shardrec.trainer.checkpoint import (
+    BEST,
     check_fingerprint,
     check_resumable,
     fingerprint,
@@ -35,6 +37,7 @@ from shardrec.trainer.checkpoint import (
     save_checkpoint,
 )
 from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
+from shardrec.trainer.early_stopping import EarlyStopping
 from shardrec.trainer.evaluate import evaluate
 from shardrec.trainer.library_logs import log_to_run_folder, stop_logging_to_run_folder
 from shardrec.trainer.optim import lr_multiplier, make_optimizer, make_scheduler
@@ -58,6 +61,9 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_p
     """ClickTask(model) built on meta, sharded by embeddings/, with its combined optimizer.
     `saved_plan` ({table: sharding type}) of a checkpoint to resume keeps each table's
     optimizer state loadable, at any world size (embeddings.sharding.resume_pins)."""
+    if cfg.embeddings.weight_decay and cfg.embeddings.weight_decay_mode == "l2" and env.device.type == "cpu":
+        raise UserError("config key 'embeddings.weight_decay_mode': l2 needs FBGEMM's CUDA kernels (its CPU kernels "
+                        "ignore weight decay); on CPU use --embeddings.weight_decay_mode=decoupled")
     torch.manual_seed(cfg.train.seed)
     task = ClickTask(build_model(schema, cfg.model, torch.device("meta")), precision=cfg.train.precision,
                      device_type=env.device.type)
@@ -166,7 +172,7 @@ def _threads(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def validate(pipeline, model, reader, env: DistEnv, cfg: Config, run_dir: RunDir, step: int) -> None:
+def validate(pipeline, model, reader, env: DistEnv, cfg: Config, run_dir: RunDir, step: int) -> dict:
     """Score the validation split mid-training. The sparse-dist pipeline has rewritten the
     sharded modules' forward for its own batches, so it lets go of the model for the
     evaluation and takes it back after; its in-flight batches are kept."""
@@ -176,6 +182,7 @@ def validate(pipeline, model, reader, env: DistEnv, cfg: Config, run_dir: RunDir
     run_dir.log({"event": "eval", "split": cfg.eval.validation_split, "step": step, **metrics})
     if isinstance(pipeline, TrainPipelineSparseDist):
         pipeline.attach(model)
+    return metrics
 
 
 def resolve_batch_size(cfg: Config, world_size: int) -> None:
@@ -234,7 +241,8 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     # Everything that can be refused is checked before the run folder is touched.
     train = train_reader(cfg, schema, env)
     evaluation = eval_reader(cfg, schema, env)
-    validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if cfg.eval.every_steps else None
+    validates = cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric
+    validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if validates else None
     if not cfg.run_dir:
         # Rank 0 names the folder (a timestamp could differ between ranks) and tells the rest.
         name = [default_run_dir(cfg)]
@@ -294,12 +302,32 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
 
     step, position = resume(cfg, resume_from, expected, run_dir, model, optimizer, scheduler)
     sync = StepSync(env, cfg.checkpoint.every_minutes)
+    decay = CpuDecoupledDecay(model, cfg.embeddings.weight_decay) if cfg.embeddings.weight_decay else None
     value = None  # the last step's loss (for the checkpoints' shardrec.json)
 
-    def save(in_epoch: int) -> None:
-        save_checkpoint(run_dir.checkpoints, step, model, optimizer,
-                        {**info, "loss": value, "reader": train.state_dict(in_epoch)}, cfg.checkpoint.keep)
+    stopping = EarlyStopping(cfg.train.early_stopping)
+    if resume_from:
+        stopping.load_state_dict(read_info(Path(resume_from)).get("early_stopping"))
+    # Validation after every epoch: asked for, or what early stopping does without every_steps.
+    epoch_validation = validation is not None and (cfg.eval.every_epoch or not cfg.eval.every_steps)
+
+    def save(in_epoch: int, root: Path = run_dir.checkpoints, keep: int = cfg.checkpoint.keep) -> None:
+        save_checkpoint(root, step, model, optimizer, {**info, "loss": value, "reader": train.state_dict(in_epoch),
+                                                      "early_stopping": stopping.state_dict()}, keep)
         sync.saved()
+
+    def validate_and_decide(in_epoch: int) -> bool:
+        """Score the validation split; keep the best weights; True: stop training."""
+        metrics = validate(pipeline, model, validation, env, cfg, run_dir, step)
+        if not stopping.enabled:
+            return False
+        improved, stop = stopping.update(metrics, step)
+        if improved:
+            save(in_epoch, root=run_dir.checkpoints / BEST, keep=1)
+        if stop:
+            run_dir.log({"event": "early_stop", "step": step, "best_step": stopping.best_step,
+                         cfg.train.early_stopping.metric: stopping.best_value})
+        return stop
 
     start_step, start = step, time.perf_counter()
     first = position["epoch"] if position else 0
@@ -307,8 +335,9 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     if position:
         train.load_state_dict(position)  # continue mid-epoch, at this world size
     in_epoch = train.start_batch  # batches done in the current epoch (what checkpoints record)
+    stopped = False
     for epoch in range(first, cfg.train.epochs):
-        if step >= limit:
+        if step >= limit or stopped:
             break
         if epoch != first:
             train.set_epoch(epoch)
@@ -320,17 +349,25 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
             except StopIteration:
                 break
             step, in_epoch = step + 1, in_epoch + 1
+            if decay:
+                decay.step()
             value, due = sync(loss, step, epoch, in_epoch - 1, train)
             scheduler.step()
             record = progress.step(step, epoch, value, lrs=[g["lr"] for g in optimizer.param_groups])
             if record:
                 run_dir.log(record)
-            if validation is not None and step % cfg.eval.every_steps == 0 and step < limit:
-                validate(pipeline, model, validation, env, cfg, run_dir, step)
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < limit:
+                stopped = validate_and_decide(in_epoch)
             every = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
-            if (every or due) and step < limit:
+            if (every or due) and step < limit and not stopped:
                 save(in_epoch)
+            if stopped:
+                break
         batches.close()
+        if epoch_validation and not stopped:
+            stopped = validate_and_decide(in_epoch)
+    if stopping.enabled and not stopped and stopping.best_step != step and not epoch_validation:
+        validate_and_decide(in_epoch)  # the last steps since the last validation may be the best
     wall = time.perf_counter() - start
     progress.close()
     if isinstance(pipeline, TrainPipelineSparseDist):
@@ -341,8 +378,15 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     # cannot lose it.
     if cfg.checkpoint.save_final:
         save(in_epoch)
+    scored = step
+    if stopping.enabled and stopping.best_step is not None:
+        # The final score is the best weights': load them from checkpoints/best.
+        best = latest_checkpoint(run_dir.checkpoints / BEST)
+        if best is None:
+            raise UserError(f"early stopping: no complete best checkpoint in {run_dir.checkpoints / BEST}")
+        scored = load_checkpoint(best, model, expected)["step"]
     metrics = evaluate(model, evaluation, env.device, cfg.eval.max_batches)
-    run_dir.log({"event": "eval", "split": cfg.eval.split, "step": step, **metrics})
+    run_dir.log({"event": "eval", "split": cfg.eval.split, "step": step, "checkpoint_step": scored, **metrics})
 
     summary = {
         "model": cfg.model.name, "flavor": cfg.model.flavor, "world_size": env.world_size,
@@ -357,6 +401,9 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     }
     if cfg.eval.split in schema.teacher_auc:
         summary["teacher_auc"] = schema.teacher_auc[cfg.eval.split]
+    if stopping.enabled:
+        summary.update({"best_step": scored, "best_metric": cfg.train.early_stopping.metric,
+                        "best_value": stopping.best_value, "stopped_early": stopped})
     run_dir.write_summary(summary)
     return summary
 
@@ -374,7 +421,10 @@ def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, spli
     torch.set_num_threads(_threads(cfg))
     schema = load_schema(cfg.dataset.path)
     root = RunDir(cfg.run_dir, is_main=False).checkpoints
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(root)
+    if checkpoint == BEST:  # `--checkpoint best`: the weights early stopping kept
+        path = latest_checkpoint(root / BEST)
+    else:
+        path = Path(checkpoint) if checkpoint else latest_checkpoint(root)
     if path is None:
         raise UserError(f"run folder '{cfg.run_dir}' has no complete checkpoint")
     model, _ = build_sharded_task(schema, cfg, env)

@@ -41,3 +41,60 @@ def test_both_optimizers_follow_the_schedule_during_training(tiny_cfg):
         assert r["lr_embeddings"] == pytest.approx(tiny_cfg.embeddings.lr * factor)
         assert r["lr_dense"] == pytest.approx(tiny_cfg.optimizer.lr * factor)
     assert train[90]["lr_dense"] == 0.0 and train[30]["lr_dense"] == tiny_cfg.optimizer.lr
+
+
+def _table_norm(run_dir: Path) -> float:
+    """Sum of the embedding tables' norms in the run's final checkpoint."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    checkpoint = max((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    dcp_to_torch_save(checkpoint, run_dir / "flat.pt")
+    state = torch.load(run_dir / "flat.pt", weights_only=False)
+    tables = [v for k, v in state["model"].items() if "embedding_bags" in k and k.endswith("weight")]
+    assert tables
+    return float(sum(t.float().norm() for t in tables))
+
+
+@pytest.mark.slow
+def test_embedding_weight_decay_shrinks_the_fused_tables(tiny_data, tmp_path):
+    from shardrec.configs.loader import load_config
+
+    norms = {}
+    for decay in (0.0, 0.5):
+        cfg = load_config("tiny", [f"--dataset.path={tiny_data}", f"--run_dir={tmp_path / str(decay)}",
+                                   "--train.max_steps=40", "--embeddings.sharding_types=table_wise",
+                                   f"--embeddings.weight_decay={decay}", "--embeddings.weight_decay_mode=decoupled"])
+        run(cfg)
+        norms[decay] = _table_norm(tmp_path / str(decay))
+    assert norms[0.5] < 0.9 * norms[0.0], norms
+
+
+def test_embedding_weight_decay_needs_rowwise_adagrad(tiny_cfg):
+    tiny_cfg.embeddings.optimizer, tiny_cfg.embeddings.weight_decay = "sgd", 1e-4
+    with pytest.raises(UserError, match="FBGEMM's fused sgd has no weight decay"):
+        run(tiny_cfg)
+
+
+def test_fbgemm_cpu_kernels_ignore_weight_decay():
+    """The premise of embeddings/weight_decay.py: if FBGEMM's CPU rowwise Adagrad starts
+    applying weight decay itself, shardrec's own decay must go (it would decay twice)."""
+    import torch
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        EmbeddingLocation,
+        SplitTableBatchedEmbeddingBagsCodegen,
+        WeightDecayMode,
+    )
+
+    updated = []
+    for decay, mode in ((0.0, WeightDecayMode.NONE), (0.5, WeightDecayMode.DECOUPLE)):
+        torch.manual_seed(0)
+        tbe = SplitTableBatchedEmbeddingBagsCodegen(
+            [(10, 4, EmbeddingLocation.HOST, ComputeDevice.CPU)], optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+            learning_rate=0.1, weight_decay=decay, weight_decay_mode=mode)
+        tbe.init_embedding_weights_uniform(-1.0, 1.0)
+        tbe(torch.tensor([1, 2]), torch.tensor([0, 1, 2])).sum().backward()
+        updated.append(tbe.split_embedding_weights()[0].detach().clone())
+    assert torch.equal(updated[0], updated[1])
