@@ -80,6 +80,10 @@ class ModelConfig:
     # Size preset of the model: `debug` is tiny (tests); `shardrec models` and docs/models.md
     # list every model's flavors with their parameter counts.
     flavor: str = "small"
+    # Feature pairs a crossing model (wide_deep) crosses, as "a:b" (e.g. user_id:genres);
+    # when given, they replace the flavor's own crosses. Names must be the data set's
+    # sparse features.
+    cross_pairs: list[str] = field(default_factory=list)
 
 
 @dataclass

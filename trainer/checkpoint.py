@@ -65,15 +65,18 @@ def _barrier() -> None:
 
 def fingerprint(model: ModelConfig, schema: DatasetSchema) -> dict:
     """What the weights are shaped by: model, flavor and the data set's features and table sizes."""
-    return {"model.name": model.name, "model.flavor": model.flavor, "dataset.label": schema.label,
-            "dataset.dense": list(schema.dense),
-            "dataset.sparse": {f.name: [f.num_embeddings, f.multi_hot] for f in schema.sparse}}
+    found = {"model.name": model.name, "model.flavor": model.flavor, "dataset.label": schema.label,
+             "dataset.dense": list(schema.dense),
+             "dataset.sparse": {f.name: [f.num_embeddings, f.multi_hot] for f in schema.sparse}}
+    if model.cross_pairs:  # only when set, so checkpoints from before the key still match
+        found["model.cross_pairs"] = list(model.cross_pairs)
+    return found
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
     out = []
-    for key in now:
-        a, b = saved.get(key), now[key]
+    for key in [*now, *(k for k in saved if k not in now)]:
+        a, b = saved.get(key), now.get(key)
         if a == b:
             continue
         if key == "dataset.sparse" and isinstance(a, dict):

@@ -11,6 +11,7 @@ tiny `debug` flavor for tests and full ones (see `MODELS[name].flavors`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,4 +81,16 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             f"config key 'model.flavor': model '{cfg.name}' has no flavor '{cfg.flavor}'; "
             f"choose one of: {', '.join(spec.flavors)}"
         )
+    if cfg.cross_pairs:
+        if not hasattr(flavor, "cross_pairs"):
+            raise UserError(f"config key 'model.cross_pairs': model '{cfg.name}' crosses no features "
+                            "(wide_deep does)")
+        pairs = []
+        for pair in cfg.cross_pairs:
+            names = pair.split(":")
+            if len(names) != 2 or not all(names):
+                raise UserError(f"config key 'model.cross_pairs': '{pair}' is not a pair 'a:b' of feature names")
+            pairs.append(tuple(names))
+        # The configured crosses replace the flavor's (explicit and automatic) ones.
+        flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
     return spec.build(schema, flavor, device)

@@ -84,8 +84,7 @@ def test_torchrec_crossnets_need_the_reset_parameters_fix():
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_flavor_builds_on_meta_with_tables_dmp_can_shard(name, movielens_schema):
     for flavor in MODELS[name].flavors:
-        # A flavor named after a data set names that data set's features (Wide&Deep crosses).
-        schema = movielens_schema if flavor == "movielens" else mlperf_schema()
+        schema = mlperf_schema()
         model = build_model(schema, ModelConfig(name, flavor), META)
         assert all(p.is_meta for p in model.parameters())
         tables = [c for ebc in ebcs(model) for c in ebc.embedding_bag_configs()]
@@ -193,3 +192,13 @@ def test_add_flavor_reaches_the_registry():
         del MODELS["dlrm"].flavors["test_only"]
     with pytest.raises(UserError, match="unknown model 'nope'"):
         add_flavor("nope", "x", None)
+
+
+def test_wide_deep_crosses_come_from_the_config(movielens_schema):
+    cfg = ModelConfig("wide_deep", "small", cross_pairs=["user_id:genres", "item_id:gender"])
+    tables = [c.name for ebc in ebcs(build_model(movielens_schema, cfg, META)) for c in ebc.embedding_bag_configs()]
+    assert sorted(t for t in tables if t.startswith("cross")) == ["cross_item_id_x_gender", "cross_user_id_x_genres"]
+    with pytest.raises(UserError, match="'user_id' is not a pair 'a:b'"):
+        build_model(movielens_schema, ModelConfig("wide_deep", "small", cross_pairs=["user_id"]), META)
+    with pytest.raises(UserError, match="model 'dlrm' crosses no features"):
+        build_model(movielens_schema, ModelConfig("dlrm", "small", cross_pairs=["user_id:genres"]), META)

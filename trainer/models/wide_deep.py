@@ -50,10 +50,6 @@ class WideDeepFlavor:
 FLAVORS = {
     "debug": WideDeepFlavor(4, (16,), auto_cross_features=3, cross_hash_size=1000),
     "small": WideDeepFlavor(16, (256, 128), auto_cross_features=4, cross_hash_size=1_000_000),
-    # The crosses an engineer would pick for `shardrec convert movielens` data: a user's
-    # affinity to genres, and each movie's appeal per gender and per age group.
-    "movielens": WideDeepFlavor(16, (256, 128), cross_pairs=(
-        ("user_id", "genres"), ("item_id", "gender"), ("item_id", "age_bucket"))),
     # The paper's deep part: 32-dim embeddings, ReLU layers 1024-512-256.
     "paper": WideDeepFlavor(32, (1024, 512, 256), auto_cross_features=4, cross_hash_size=10_000_000),
 }
