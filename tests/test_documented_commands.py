@@ -80,11 +80,13 @@ def _workspace(path: Path, tiny_data: str) -> Path:
         (path / "ml-100k").symlink_to(ML100K)
     ml1m = path / "ml-1m"
     ml1m.mkdir()
-    (ml1m / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
-    (ml1m / "movies.dat").write_text("1::Toy Story (1995)::Animation|Children's|Comedy\n"
-                                     "2::Jumanji (1995)::Adventure|Children's|Fantasy\n3::Heat (1995)::Action\n")
-    ratings = [f"{u}::{m}::{(u + m) % 5 + 1}::{978300000 + 10 * (u * 3 + m) + k}\n"
-               for k in range(40) for u in (1, 2, 3) for m in (1, 2, 3)]
+    genders, ages, genres = "FM", (1, 18, 25, 35, 45, 56), ("Action", "Comedy", "Drama|Romance", "Animation")
+    (ml1m / "users.dat").write_text("".join(f"{u}::{genders[u % 2]}::{ages[u % 6]}::{u % 21}::{10000 + u}\n"
+                                            for u in range(1, 41)))
+    (ml1m / "movies.dat").write_text("".join(f"{m}::Movie {m} ({1980 + m})::{genres[m % 4]}\n" for m in range(1, 21)))
+    # A rating that depends on the user and the movie, so there is something to learn.
+    ratings = [f"{u}::{m}::{(u * m) % 5 + 1}::{978300000 + 100 * k + u}\n"
+               for k in range(3) for u in range(1, 41) for m in range(1, 21)]
     (ml1m / "ratings.dat").write_text("".join(ratings))
     return path
 
@@ -96,7 +98,7 @@ def _prepare(text: str, cwd: Path) -> str:
     if "report" in words:
         # Only the run folders the document's earlier commands made (it names three models).
         words = [w for w in words if not w.startswith("runs/") or (cwd / w).exists() or w.endswith(".png")]
-    if "--checkpoint" in words:
+    if "--checkpoint" in words and "/step_" in words[words.index("--checkpoint") + 1]:
         # The guide's step_4000 is from a long run: take the newest checkpoint there is.
         i = words.index("--checkpoint") + 1
         folder = cwd / Path(words[i]).parent
