@@ -94,11 +94,14 @@ class SplitWriter:
 
     Rows are buffered until a whole row group (`row_group_rows`) is ready, so files get
     equal row groups whatever size the incoming tables have (only each file's last group
-    is short). `rows` counts what each split received.
+    is short). `rows` counts what each split received. `parquet_options` go to every
+    pq.ParquetWriter (e.g. use_dictionary=False).
     """
 
-    def __init__(self, root: Path, name: str, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS):
+    def __init__(self, root: Path, name: str, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS,
+                 **parquet_options):
         self.root, self.name, self.schema, self.row_group_rows = root, name, schema, row_group_rows
+        self.parquet_options = parquet_options
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._pending: dict[str, list[pa.Table]] = {}
         self.rows: dict[str, int] = {}
@@ -122,7 +125,7 @@ class SplitWriter:
             (self.root / split).mkdir(parents=True, exist_ok=True)
             # Page checksums let the reader tell a corrupted page from data (see reader._read).
             self._writers[split] = pq.ParquetWriter(self.root / split / self.name, self.schema,
-                                                    write_page_checksum=True)
+                                                    write_page_checksum=True, **self.parquet_options)
         return self._writers[split]
 
     def close(self) -> None:
@@ -203,16 +206,30 @@ def lines_before(path: str | os.PathLike, offset: int, gz: bool) -> int:
 
 
 def run_tasks(fn: Callable[[T], R], tasks: list[T], workers: int,
-              stop: Callable[[R], bool] = lambda r: False, desc: str = "tasks") -> list[R]:
+              stop: Callable[[R], bool] = lambda r: False, desc: str = "tasks",
+              pool: ProcessPoolExecutor | None = None) -> list[R]:
     """fn over tasks, in `workers` processes (inline for one worker or one task, which also
     keeps small conversions free of process start-up). Results come in completion order;
     once `stop(result)` is true, tasks not yet started are cancelled. A progress bar of
-    finished tasks shows on a terminal."""
+    finished tasks shows on a terminal. `pool` (from `worker_pool`) reuses worker processes
+    across calls instead of starting new ones."""
     with tqdm(total=len(tasks), desc=desc, unit="task", disable=None, leave=False) as bar:
-        return _run_tasks(fn, tasks, workers, stop, bar)
+        return _run_tasks(fn, tasks, workers, stop, bar, pool)
 
 
-def _run_tasks(fn, tasks: list, workers: int, stop, bar) -> list:
+def worker_pool(module: str, workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` processes for run_tasks.
+
+    Not fork: the parent may hold threads (Arrow's pool, torch) that fork would copy
+    mid-lock. A fork server is a fresh process that imports `module` (the tasks' code) once;
+    workers fork from it without paying the imports again. pyarrow imports pandas (when
+    present) on its first compute or to_numpy call, about 0.25 s of CPU: preload that too."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([module] + (["pandas"] if importlib.util.find_spec("pandas") else []))
+    return ProcessPoolExecutor(workers, mp_context=ctx)
+
+
+def _run_tasks(fn, tasks: list, workers: int, stop, bar, pool: ProcessPoolExecutor | None = None) -> list:
     if workers <= 1 or len(tasks) <= 1:
         results = []
         for t in tasks:
@@ -221,47 +238,53 @@ def _run_tasks(fn, tasks: list, workers: int, stop, bar) -> list:
             if stop(results[-1]):
                 break
         return results
-    # Not fork: the parent may hold threads (Arrow's pool, torch) that fork would copy
-    # mid-lock. A fork server is a fresh process that imports fn's module once; workers
-    # fork from it without paying the imports again. pyarrow imports pandas (when present)
-    # on its first compute or to_numpy call, about 0.25 s of CPU: preload that too.
-    preload = [fn.func.__module__ if isinstance(fn, partial) else fn.__module__]
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(preload + (["pandas"] if importlib.util.find_spec("pandas") else []))
+    if pool is not None:
+        return _collect(pool, fn, tasks, stop, bar)
+    module = fn.func.__module__ if isinstance(fn, partial) else fn.__module__
+    with worker_pool(module, min(workers, len(tasks))) as own:
+        return _collect(own, fn, tasks, stop, bar)
+
+
+def _collect(pool: ProcessPoolExecutor, fn, tasks: list, stop, bar) -> list:
     results = []
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
-        futures = [pool.submit(fn, t) for t in tasks]
-        try:
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
-                if stop(results[-1]):
-                    break
-        finally:
-            for fut in futures:
-                fut.cancel()
+    futures = [pool.submit(fn, t) for t in tasks]
+    try:
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            bar.update()
+            if stop(results[-1]):
+                break
+    finally:
+        for fut in futures:
+            fut.cancel()
     return results
 
 
-def file_splits(paths: list[Path], valid_files, test_files) -> list[str] | None:
-    """Split by file: 'day_23' names day_23, day_23.gz or a full path; others go to train."""
-    if not valid_files and not test_files:
+def file_splits(paths: list[Path], valid_files, test_files, train_files=()) -> list[str] | None:
+    """Split by file: 'day_23' names day_23, day_23.gz or a full path; others go to train.
+    With `train_files` too, every input must be named by one of the three lists."""
+    if not valid_files and not test_files and not train_files:
         return None
 
     def names(p: Path) -> set[str]:
         return {p.name, p.name.split(".")[0], str(p)}
 
     out = ["train"] * len(paths)
-    for split, patterns in (("valid", valid_files), ("test", test_files)):
+    named = [False] * len(paths)
+    for split, patterns in (("train", train_files), ("valid", valid_files), ("test", test_files)):
         for pat in patterns:
             hits = [i for i, p in enumerate(paths) if pat in names(p)]
             if not hits:
                 raise UserError(f"--{split}-files '{pat}' names none of the inputs "
                                 f"({', '.join(p.name for p in paths)})")
             for i in hits:
-                if out[i] != "train":
-                    raise UserError(f"input '{paths[i]}' is named by both --valid-files and --test-files")
-                out[i] = split
+                if named[i] and out[i] != split:
+                    raise UserError(f"input '{paths[i]}' is named by both --{out[i]}-files and --{split}-files")
+                out[i], named[i] = split, True
+    if train_files:
+        for i, p in enumerate(paths):
+            if not named[i]:
+                raise UserError(f"input '{p}' is named by none of --train-files/--valid-files/--test-files")
     return out
 
 

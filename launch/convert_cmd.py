@@ -1,7 +1,8 @@
-"""`shardrec convert criteo|movielens`: raw click logs -> a shardrec data set.
+"""`shardrec convert criteo|movielens|table`: raw click logs -> a shardrec data set.
 
     shardrec convert criteo --input day_0.gz day_1.gz --out data/criteo --table-size mlperf --test-files day_1
     shardrec convert movielens --input ml-100k --out data/ml100k
+    shardrec convert table --input clicks.csv --out data/clicks --label clicked --sparse user,item --dense price
 """
 
 from __future__ import annotations
@@ -55,9 +56,173 @@ def cmd_convert_movielens(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+# `convert table` options; a flag left out (None) lets the --spec file's value stand.
+TABLE_OPTIONS = ("input", "out", "label", "label_threshold", "label_positive", "sparse", "dense", "multi_hot", "keep", "format",
+                 "delimiter", "header", "columns", "split", "seed", "time_column", "train_files", "valid_files",
+                 "test_files", "min_count", "max_vocab", "hash_buckets", "dense_fill", "dense_transform", "workers",
+                 "on_error", "overwrite", "row_group_rows")
+
+
+def table_options(args: argparse.Namespace) -> dict:
+    """The options of `convert table`: the --spec file's, each overridden by its flag."""
+    from shardrec.data_pipeline.convert_table import load_spec, parse_multi_hot, split_names
+
+    opts = dict(load_spec(args.spec)) if args.spec else {}
+    for key in TABLE_OPTIONS:
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in ("sparse", "dense", "keep", "columns", "label_positive"):
+            value = split_names(value)
+        elif key == "multi_hot":
+            value = parse_multi_hot(value)
+        elif key in ("hash_buckets", "dense_fill", "dense_transform"):
+            value = ",".join(value)  # repeated flags: one 'V,COL:V,...' list
+        opts[key] = value
+    for key, flag in (("input", "--input"), ("out", "--out"), ("label", "--label")):
+        if not opts.get(key):
+            raise UserError(f"{flag} is required (as a flag or as '{key}' in the --spec file)")
+    if isinstance(opts.get("delimiter"), str) and opts["delimiter"].lower() in ("\\t", "tab"):
+        opts["delimiter"] = "\t"
+    if isinstance(opts.get("split"), (list, tuple)):
+        opts["split"] = ",".join(str(v) for v in opts["split"])
+    for key in ("train_files", "valid_files", "test_files"):
+        if isinstance(opts.get(key), str):
+            opts[key] = split_names(opts[key])
+    return opts
+
+
+def cmd_convert_table(args: argparse.Namespace, extra: list[str]) -> int:
+    from shardrec.data_pipeline.convert_table import convert_table
+
+    if extra:
+        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+    opts = table_options(args)
+    inputs, out = opts.pop("input"), str(opts.pop("out"))
+    schema = convert_table([inputs] if isinstance(inputs, str) else list(inputs), out, opts.pop("label"), **opts)
+    src = schema.source
+    sizes = ", ".join(f"{f.name} {f.num_embeddings:,}" for f in schema.sparse)
+    print(_summary(out, schema) + f"; table sizes: {sizes}")
+    if src["skipped_rows"]:
+        detail = ", ".join(f"{k} {v:,}" for k, v in src["skipped"].items())
+        print(f"skipped {src['skipped_rows']:,} malformed rows of {src['rows_read']:,} ({detail})")
+    return 0
+
+
+TABLE_DESCRIPTION = """\
+Turn your own table of rows (a click log, ratings, ...) into a shardrec data set: Parquet
+shards per split, schema.json, and transforms.json + vocab/ recording how raw values were
+encoded, so that rows seen later (predictions) are encoded the same way
+(data_pipeline.table_transforms.TableTransforms).
+
+Column roles (each flag may be repeated: --sparse a --sparse b,c):
+  label        0/1 or true/false; with --label-threshold X: 1 where value >= X;
+               with --label-positive V: 1 where value == V
+  --dense      numbers -> float32; missing -> --dense-fill; --dense-transform
+  --sparse     categories of any type -> int64 ids: vocabulary of the train split
+               (0 = missing or out of vocabulary, 1.. by descending count) or --hash-buckets
+  --multi-hot  COL:SEP, a string of tokens (genres:|) -> list<int64> ids; empty -> []
+  --keep       written unchanged, not a feature (row ids or user ids, to join predictions)
+
+Every option can also come from a YAML --spec with the same names (label_threshold,
+multi_hot, ...; per column: sparse: [{name: user, hash_buckets: 1000000}, item],
+dense: [{name: price, transform: log1p, fill: 0}]); flags override the spec."""
+
+TABLE_EPILOG = """\
+examples:
+  shardrec convert table --input clicks.csv --out data/clicks --label clicked \\
+      --sparse user,item --dense price --multi-hot tags:'|' --keep row_id
+  shardrec convert table --input ratings.parquet --out data/ratings --label rating \\
+      --label-threshold 4 --sparse user,movie --dense age --time-column ts
+  shardrec convert table --spec clicks.yaml --overwrite"""
+
+
+def add_table_parser(kinds) -> None:
+    t = kinds.add_parser("table", help="any table (CSV/TSV, Parquet, JSON lines; plain or .gz) -> a shardrec data set",
+                         description=TABLE_DESCRIPTION, epilog=TABLE_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--input", nargs="+", action="extend", default=None, metavar="FILE",
+                   help="input files: .csv/.tsv/.parquet/.jsonl/.json (optionally .gz); several files are one table")
+    t.add_argument("--out", default=None, metavar="DIR", help="output folder (refused if it exists, unless --overwrite)")
+    t.add_argument("--spec", default=None, metavar="FILE.yaml",
+                   help="YAML file with any of these options (keys: input, out, label, label_threshold, sparse, "
+                        "dense, multi_hot, keep, ...); flags given here override it")
+    g = t.add_argument_group("columns")
+    g.add_argument("--label", default=None, metavar="COL",
+                   help="the target column: 0/1 or true/false (anything else is an error naming file, line and "
+                        "value), or numbers with --label-threshold; written as float32")
+    g.add_argument("--label-threshold", type=float, default=None, metavar="X",
+                   help="label = 1.0 where the label column's value >= X, else 0.0 (e.g. rating >= 4)")
+    g.add_argument("--label-positive", action="append", default=None, metavar="V,...",
+                   help="label = 1.0 where the label column's value (as text, spaces trimmed) is one of these, "
+                        "else 0.0 (e.g. --label-positive '>50K'); a missing value is malformed")
+    g.add_argument("--sparse", action="append", default=None, metavar="COL,...",
+                   help="categorical columns of any type (strings, ints, bools) -> one int64 id per row")
+    g.add_argument("--dense", action="append", default=None, metavar="COL,...",
+                   help="numeric columns -> float32 (text is parsed; empty, NA, NaN, NULL count as missing)")
+    g.add_argument("--multi-hot", action="append", default=None, metavar="COL:SEP,...",
+                   help="columns of SEP-separated tokens (e.g. genres:|; a bare COL means SEP '|'; list columns "
+                        "of Parquet/JSON need no SEP) -> list<int64>, each token through the column's vocabulary "
+                        "or hash; empty tokens are dropped, a missing value is an empty list")
+    g.add_argument("--keep", action="append", default=None, metavar="COL,...",
+                   help="pass-through columns (row id, user id) written unchanged into the Parquet files but not "
+                        "features in schema.json: to join predictions back to your rows")
+    g = t.add_argument_group("reading")
+    g.add_argument("--format", choices=["csv", "tsv", "parquet", "jsonl"], default=None,
+                   help="input format for every file (default: from each extension, a .gz suffix skipped)")
+    g.add_argument("--delimiter", default=None, metavar="CHAR",
+                   help="field separator of CSV/TSV files (default ',' for .csv, tab for .tsv; 'tab' or '\\t' for tab)")
+    g.add_argument("--no-header", dest="header", action="store_false", default=None,
+                   help="CSV/TSV files have no header line: name the fields with --columns")
+    g.add_argument("--columns", default=None, metavar="A,B,...", help="field names of headerless CSV/TSV files")
+    g = t.add_argument_group("splits (one way: by ratio, by time or by file)")
+    g.add_argument("--split", default=None, metavar="TRAIN,VALID,TEST",
+                   help="fractions (default 0.8,0.1,0.1). Without --time-column each row's split is a hash of "
+                        "(--seed, file, row position): deterministic, the same for any --workers")
+    g.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the ratio split (default 0)")
+    g.add_argument("--time-column", default=None, metavar="COL",
+                   help="split by time: the latest TEST fraction of rows by COL (numbers or ISO 8601 dates/times) is "
+                        "test, the VALID fraction before it valid (rows at the cut time go to the later split); "
+                        "costs one more read of the column, its values kept in 8-byte-a-row scratch files")
+    g.add_argument("--train-files", nargs="+", action="extend", default=None, metavar="NAME",
+                   help="split by file: these inputs are train (then every input must be named by one of the three)")
+    g.add_argument("--valid-files", nargs="+", action="extend", default=None, metavar="NAME",
+                   help="split by file: these inputs (file name, name without extension, or path) are valid")
+    g.add_argument("--test-files", nargs="+", action="extend", default=None, metavar="NAME",
+                   help="split by file: these inputs are test; unnamed inputs are train unless --train-files is given")
+    g = t.add_argument_group("categorical ids")
+    g.add_argument("--min-count", type=int, default=None, metavar="K",
+                   help="vocabulary: keep values seen at least K times in the train split (default 1); rarer ones "
+                        "and unseen ones get id 0, like missing values")
+    g.add_argument("--max-vocab", type=int, default=None, metavar="N",
+                   help="vocabulary: keep at most the N most frequent values per column (default unlimited; ties by "
+                        "ascending value)")
+    g.add_argument("--hash-buckets", action="append", default=None, metavar="N|COL:N",
+                   help="hash values into N ids instead of a vocabulary (id 0 = missing, 1 + hash mod (N - 1)); "
+                        "N for every sparse column, COL:N for one (repeatable). Stable across runs and machines")
+    g = t.add_argument_group("dense values")
+    g.add_argument("--dense-fill", action="append", default=None, metavar="X|COL:X",
+                   help="value written for missing dense values, in output units (default 0; after standardize 0 is "
+                        "the train mean); X for all, COL:X for one")
+    g.add_argument("--dense-transform", action="append", default=None, metavar="T|COL:T",
+                   help="none (default), log1p = log(1 + x) with negative values clamped to 0 first, or standardize "
+                        "= (x - mean) / std with the train split's mean and std; T for all, COL:T for one")
+    g = t.add_argument_group("running")
+    g.add_argument("--workers", type=int, default=None,
+                   metavar="N", help=f"worker processes (default: all cores, {os.cpu_count()} here); the output does not depend on it")
+    g.add_argument("--on-error", choices=["raise", "skip"], default=None,
+                   help="a malformed row (wrong field count, bad label, unparsable number or time, bad JSON): stop "
+                        "naming file:line, column and value (raise, default), or skip it and count it (skip; the "
+                        "count is printed and saved in schema.json)")
+    g.add_argument("--row-group-rows", type=int, default=None, metavar="N", help="rows per Parquet row group (default 131072)")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing output folder (only an empty folder or a shardrec data set)")
+    t.set_defaults(fn=cmd_convert_table)
+
+
 def add_convert_parser(subparsers) -> None:
-    """Add `convert` with its `criteo` and `movielens` subcommands to the CLI's subparsers."""
-    conv = subparsers.add_parser("convert", help="convert Criteo TSV or MovieLens files to a shardrec data set")
+    """Add `convert` with its `criteo`, `movielens` and `table` subcommands to the CLI's subparsers."""
+    conv = subparsers.add_parser("convert", help="convert Criteo TSV, MovieLens or any table to a shardrec data set")
     kinds = conv.add_subparsers(dest="kind", required=True)
 
     c = kinds.add_parser("criteo", help="Criteo Kaggle / Terabyte TSV (plain or .gz) -> Parquet shards",
@@ -93,3 +258,4 @@ def add_convert_parser(subparsers) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     m.set_defaults(fn=cmd_convert_movielens)
+    add_table_parser(kinds)
