@@ -90,7 +90,7 @@ MAX_TASK_CHUNKS = 32
 _SELECT_IN_MEMORY = 1 << 22
 _BLOCK = 1 << 20
 SPEC_KEYS = ("input", "out", "label", "label_threshold", "label_positive", "sparse", "dense", "multi_hot", "keep", "format",
-             "delimiter", "header", "columns", "split", "seed", "time_column", "train_files", "valid_files",
+             "delimiter", "header", "columns", "newlines_in_values", "split", "seed", "time_column", "train_files", "valid_files",
              "test_files", "min_count", "max_vocab", "hash_buckets", "dense_fill", "dense_transform", "workers",
              "on_error", "overwrite", "row_group_rows")
 
@@ -692,7 +692,7 @@ def convert_table(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, l
                   label_threshold: float | None = None, label_positive: str | Sequence[str] | None = None,
                   sparse=(), dense=(), multi_hot=(), keep=(),
                   format: str | None = None, delimiter: str | None = None, header: bool = True,
-                  columns: Sequence[str] | None = None, split: str | Sequence[float] | None = None, seed: int = 0,
+                  columns: Sequence[str] | None = None, newlines_in_values: bool = False, split: str | Sequence[float] | None = None, seed: int = 0,
                   time_column: str | None = None, train_files: Sequence[str] = (), valid_files: Sequence[str] = (),
                   test_files: Sequence[str] = (), min_count: int = 1, max_vocab: int | None = None,
                   hash_buckets=None, dense_fill=0.0, dense_transform="none", workers: int | None = None,
@@ -735,7 +735,8 @@ def convert_table(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, l
         raise UserError("--train-files/--valid-files/--test-files exclude --split and --time-column: split by file, "
                         "by ratio or by time")
     ratios = parse_split(split if split is not None else "0.8,0.1,0.1")
-    options = InputOptions(format, delimiter, bool(header), list(split_names(columns)) if columns else None)
+    options = InputOptions(format, delimiter, bool(header), list(split_names(columns)) if columns else None,
+                           bool(newlines_in_values))
     raws = [RawFile(p, options, chunk_bytes) for p in paths]
     wanted = {**roles, **({time_column: "--time-column"} if time_column else {})}
     for raw in raws:

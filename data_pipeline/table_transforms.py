@@ -201,12 +201,15 @@ class Vocabulary:
 class InputOptions:
     """How input files are read: `format` forces one (else from each file's extension),
     `delimiter` overrides the format's (',' for csv, tab for tsv), `columns` names the
-    fields of headerless CSV/TSV files (header=False)."""
+    fields of headerless CSV/TSV files (header=False). `newlines_in_values`: quoted CSV
+    fields may hold line breaks (review texts, addresses); such a file is read by one task,
+    in order, cutting pieces only at line breaks outside quotes."""
 
     format: str | None = None
     delimiter: str | None = None
     header: bool = True
     columns: list[str] | None = None
+    newlines_in_values: bool = False
 
 
 def detect_format(path: str | os.PathLike, forced: str | None = None) -> str:
@@ -245,6 +248,30 @@ def _line_starts(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     if len(starts) and starts[-1] == len(buf):
         starts, ends = starts[:-1], ends[:-1]
     return starts, ends - starts
+
+
+def _record_starts(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Like _line_starts, for CSV whose quoted fields may hold line breaks: a line break ends
+    a record only outside quotes, i.e. after an even number of '"' (a doubled "" inside a
+    quoted field keeps the count even). `data` starts at a record start."""
+    buf = np.frombuffer(data, np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    quotes_before = np.cumsum(buf == 34)[nl] if len(nl) else np.zeros(0, np.int64)
+    ends_at = nl[quotes_before % 2 == 0]
+    starts = np.concatenate([[0], ends_at + 1]).astype(np.int64)
+    ends = np.concatenate([ends_at, [len(buf)]]).astype(np.int64)
+    if len(starts) and starts[-1] == len(buf):
+        starts, ends = starts[:-1], ends[:-1]
+    return starts, ends - starts
+
+
+def _complete_records(data: bytes) -> int:
+    """Bytes of `data` up to the end of its last record: after its last line break outside quotes."""
+    starts, _ = _record_starts(data)
+    buf = np.frombuffer(data, np.uint8)
+    if len(buf) and buf[-1] == 10 and np.count_nonzero(buf == 34) % 2 == 0:
+        return len(buf)
+    return int(starts[-1]) if len(starts) else 0
 
 
 def _blank(data: bytes, starts: np.ndarray, lengths: np.ndarray, whitespace: bool) -> np.ndarray:
@@ -361,9 +388,13 @@ class RawFile:
         """Text: chunks of chunk_bytes (one for .gz); Parquet: row groups."""
         if self.format == "parquet":
             return self.parquet.metadata.num_row_groups
-        if self.gz:
+        if self.gz or self._multiline:
             return 1
         return max(1, -(-self.path.stat().st_size // self.chunk_bytes))
+
+    @property
+    def _multiline(self) -> bool:
+        return self.options.newlines_in_values and self.format in ("csv", "tsv")
 
     def chunks(self, first: int = 0, last: int | None = None, columns: Sequence[str] | None = None,
                numeric: Sequence[str] = ()) -> Iterator[RawChunk]:
@@ -375,23 +406,32 @@ class RawFile:
         if self.format == "parquet":
             yield from self._parquet(first, last, columns)
             return
-        if self.gz:
+        if self.gz or self._multiline:
             first, last = 0, None
+        carry, carry_offset = b"", 0  # a record cut by a piece's end (multi-line fields)
         for j, offset, data in iter_chunks(self.path, first, last, self.gz, self.chunk_bytes):
             if j == 0 and self.header_bytes:
                 data, offset = data[self.header_bytes:], offset + self.header_bytes
+            if self._multiline:
+                if carry:
+                    data, offset = carry + data, carry_offset
+                cut = _complete_records(data)
+                carry, carry_offset, data = data[cut:], offset + cut, data[:cut]
             if not data:
                 continue
             if self.format == "jsonl":
                 yield self._json(data, offset, columns)
             else:
                 yield self._csv(data, offset, columns, numeric)
+        if carry:  # the last record (no final line break, or an unclosed quote: the parser says)
+            yield self._csv(carry, carry_offset, columns, numeric)
 
     def _parse_options(self, handler) -> pcsv.ParseOptions:
-        return pcsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=handler, ignore_empty_lines=True)
+        return pcsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=handler, ignore_empty_lines=True,
+                                 newlines_in_values=self._multiline)
 
     def _csv(self, data: bytes, base: int, columns: Sequence[str] | None, numeric: Sequence[str] = ()) -> RawChunk:
-        starts, lengths = _line_starts(data)
+        starts, lengths = (_record_starts if self._multiline else _line_starts)(data)
         rows = starts[~_blank(data, starts, lengths, whitespace=False)]
         invalid: list[tuple[int, int]] = []
 
@@ -420,8 +460,8 @@ class RawFile:
                 raise UserError(f"{self.path}: cannot parse the CSV near byte {base} ({e})") from None
         if table.num_rows + len(invalid) != len(rows):
             raise UserError(f"{self.path}: a quoted field holds a line break somewhere in bytes {base}.."
-                            f"{base + len(data)}; line breaks inside fields are not supported (the file is read "
-                            "in chunks cut at line ends): remove them, or convert the file to Parquet or JSON lines")
+                            f"{base + len(data)}: pass --newlines-in-values (the file is then read by one "
+                            "task, cutting only at line breaks outside quotes)")
         bad_idx = np.array([number - 1 for number, _ in invalid], np.int64)
         bad = [(int(base + rows[i]), "wrong_field_count", f"expected {len(self.columns)} fields, found {width}")
                for i, (_, width) in zip(bad_idx, invalid)]

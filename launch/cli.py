@@ -291,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
-    quiet_libraries()
+    quiet_libraries(uses_torch=getattr(args, "uses_torch", True))
     try:
         return args.fn(args, extra)
     except UserError as e:

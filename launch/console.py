@@ -16,10 +16,15 @@ import os
 from shardrec.trainer.library_logs import OWN, route_library_logs
 
 
-def quiet_libraries() -> None:
-    """Library records off the console (warnings to library.log), shardrec's at WARNING."""
+def quiet_libraries(uses_torch: bool = True) -> None:
+    """Library records off the console (warnings to library.log), shardrec's at WARNING.
+    `uses_torch=False` (converters, report) skips importing torch: 1.7 s of CPU and ~200 MB
+    that they do not need."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     route_library_logs()
+    if not uses_torch:
+        logging.getLogger(OWN).setLevel(logging.WARNING)
+        return
     import torch  # noqa: F401 - torch sets its loggers' levels on import; override after
 
     for name in ("torchrec", "torch", "torch.fx._symbolic_trace", "fbgemm_gpu"):

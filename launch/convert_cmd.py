@@ -58,7 +58,7 @@ def cmd_convert_movielens(args: argparse.Namespace, extra: list[str]) -> int:
 
 # `convert table` options; a flag left out (None) lets the --spec file's value stand.
 TABLE_OPTIONS = ("input", "out", "label", "label_threshold", "label_positive", "sparse", "dense", "multi_hot", "keep", "format",
-                 "delimiter", "header", "columns", "split", "seed", "time_column", "train_files", "valid_files",
+                 "delimiter", "header", "columns", "newlines_in_values", "split", "seed", "time_column", "train_files", "valid_files",
                  "test_files", "min_count", "max_vocab", "hash_buckets", "dense_fill", "dense_transform", "workers",
                  "on_error", "overwrite", "row_group_rows")
 
@@ -172,6 +172,9 @@ def add_table_parser(kinds) -> None:
                    help="input format for every file (default: from each extension, a .gz suffix skipped)")
     g.add_argument("--delimiter", default=None, metavar="CHAR",
                    help="field separator of CSV/TSV files (default ',' for .csv, tab for .tsv; 'tab' or '\\t' for tab)")
+    g.add_argument("--newlines-in-values", action="store_true", default=None,
+                   help="quoted CSV/TSV fields may hold line breaks (review texts); each such file is then read "
+                        "by one worker, in order")
     g.add_argument("--no-header", dest="header", action="store_false", default=None,
                    help="CSV/TSV files have no header line: name the fields with --columns")
     g.add_argument("--columns", default=None, metavar="A,B,...", help="field names of headerless CSV/TSV files")
@@ -217,7 +220,7 @@ def add_table_parser(kinds) -> None:
     g.add_argument("--row-group-rows", type=int, default=None, metavar="N", help="rows per Parquet row group (default 131072)")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing output folder (only an empty folder or a shardrec data set)")
-    t.set_defaults(fn=cmd_convert_table)
+    t.set_defaults(fn=cmd_convert_table, uses_torch=False)
 
 
 def add_convert_parser(subparsers) -> None:
@@ -249,7 +252,7 @@ def add_convert_parser(subparsers) -> None:
                    help="malformed lines: stop naming the file and line (raise), or skip and count them")
     c.add_argument("--row-group-rows", type=int, default=None, help="rows per Parquet row group (default 131072)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    c.set_defaults(fn=cmd_convert_criteo)
+    c.set_defaults(fn=cmd_convert_criteo, uses_torch=False)
 
     m = kinds.add_parser("movielens", help="MovieLens 100K / 1M folder -> CTR data set (label = rating >= 4)")
     m.add_argument("--input", required=True, metavar="DIR", help="folder with u.data/u.user/u.item or ratings.dat/users.dat/movies.dat")
@@ -257,5 +260,5 @@ def add_convert_parser(subparsers) -> None:
     m.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions of a seeded random split")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    m.set_defaults(fn=cmd_convert_movielens)
+    m.set_defaults(fn=cmd_convert_movielens, uses_torch=False)
     add_table_parser(kinds)

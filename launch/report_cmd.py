@@ -31,4 +31,4 @@ def add_report_parser(subparsers) -> None:
     r.add_argument("--out", default=None,
                    help="PNG to write; a .md table goes next to it "
                         "(default RUN_DIR/report.png for one run, ./report.png for several)")
-    r.set_defaults(fn=cmd_report)
+    r.set_defaults(fn=cmd_report, uses_torch=False)

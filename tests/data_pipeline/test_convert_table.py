@@ -447,3 +447,25 @@ def test_public_table_samples_convert_and_read(tmp_path):
         assert sum(schema.splits.values()) == 2000
         for root, s in ((tmp_path / "adult", adult), (tmp_path / "reviews", schema)):
             assert sum(len(b.labels) for b in ShardReader(root, "train", s, 256, drop_last=False)) == s.splits["train"]
+
+
+def test_quoted_line_breaks_need_the_flag_and_then_convert_like_pyarrow_reads_them(tmp_path):
+    """Review texts hold line breaks inside quotes: refused with the flag to pass, and with
+    --newlines-in-values read record by record, also across the pieces a file is read in."""
+    import pyarrow.csv as pcsv
+    from shardrec.configs.errors import UserError
+    from shardrec.data_pipeline.convert_table import convert_table
+
+    rows = [f'{i % 2},item{i % 7},"line one\nline ""two"" of review {i}\n",{i % 3}' for i in range(300)]
+    path = tmp_path / "reviews.csv"
+    path.write_text("label,item,text,shop\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match="pass --newlines-in-values"):
+        convert_table([path], tmp_path / "refused", "label", sparse=["item", "shop"], keep=["text"], split="1,0,0")
+    convert_table([path], tmp_path / "ds", "label", sparse=["item", "shop"], keep=["text"], split="1,0,0",
+                  newlines_in_values=True, chunk_bytes=997)  # pieces end inside quoted fields
+    got = pq.read_table(tmp_path / "ds" / "train").sort_by([("text", "ascending")])
+    want = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True)).sort_by(
+        [("text", "ascending")])
+    assert got.num_rows == 300
+    assert got.column("text").to_pylist() == want.column("text").to_pylist()
+    assert got.column("label").to_pylist() == [float(v) for v in want.column("label").to_pylist()]
