@@ -53,13 +53,15 @@ def _is_encoded(path: Path, schema: DatasetSchema) -> bool:
     return set(schema.dense) | set(schema.sparse_names) <= names
 
 
-def encoded_batches(paths: list[Path], loaded: Loaded, batch_rows: int) -> Iterator[pa.Table]:
-    """Tables in the data set's format (label 0 where the input has none), in input order."""
+def encoded_batches(paths: list[Path], loaded: Loaded, batch_rows: int) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """(rows in the data set's format, the same rows as read), in input order; --keep
+    columns come from the second (raw values, not their encoding)."""
     schema = loaded.schema
     if all(_is_encoded(p, schema) for p in paths):
         for path in paths:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-                yield pa.Table.from_batches([batch])
+                table = pa.Table.from_batches([batch])
+                yield table, table
         return
     transforms_dir = Path(loaded.cfg.dataset.path)
     if not (transforms_dir / "transforms.json").is_file():
@@ -74,15 +76,7 @@ def encoded_batches(paths: list[Path], loaded: Loaded, batch_rows: int) -> Itera
         table = pa.Table.from_batches([raw]) if isinstance(raw, pa.RecordBatch) else raw
         for start in range(0, table.num_rows, batch_rows):
             piece = table.slice(start, batch_rows)
-            yield _with_raw(transforms.apply(piece), piece)
-
-
-def _with_raw(encoded: pa.Table, raw: pa.Table) -> pa.Table:
-    """Encoded features plus the raw columns they do not have (so --keep can name any)."""
-    for name in raw.column_names:
-        if name not in encoded.column_names:
-            encoded = encoded.append_column(name, raw.column(name))
-    return encoded
+            yield transforms.apply(piece), piece
 
 
 def _as_batch(table: pa.Table, schema: DatasetSchema):
@@ -105,17 +99,17 @@ def predict(run_dir: str, inputs: list[str], out: str, keep: list[str], checkpoi
     barrier()
     rows = 0
     try:
-        for index, table in enumerate(encoded_batches(paths, loaded, batch_rows)):
+        for index, (table, read) in enumerate(encoded_batches(paths, loaded, batch_rows)):
             if index % world_size != rank:
                 continue
-            missing = [c for c in keep if c not in table.column_names]
+            missing = [c for c in keep if c not in read.column_names]
             if missing:
                 raise UserError(f"--keep {','.join(missing)}: not a column of the input (it has: "
-                                f"{', '.join(table.column_names)})")
+                                f"{', '.join(read.column_names)})")
             batch = _as_batch(table, loaded.schema)
             features = batch.sparse_features
             scores = loaded.scorer(batch.dense_features, features.values(), features.lengths())
-            result = table.select(keep).append_column(SCORE, pa.array(scores.numpy(), pa.float32()))
+            result = read.select(keep).append_column(SCORE, pa.array(scores.numpy(), pa.float32()))
             pq.write_table(result, parts / f"{index:010d}.parquet")
             rows += table.num_rows
     except BaseException:
