@@ -69,6 +69,8 @@ def _workspace(path: Path, tiny_data: str) -> Path:
     path.mkdir()
     for name in ("configs", "launch"):
         (path / name).symlink_to(ROOT / name)
+    (path / "tests").mkdir()
+    (path / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     (path / "data").mkdir()
     (path / "tiny_data").symlink_to(tiny_data)  # data/tiny, unless the document makes its own
     lines = "".join(_criteo_line(i) + "\n" for i in range(3000))
