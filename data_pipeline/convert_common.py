@@ -205,6 +205,17 @@ def lines_before(path: str | os.PathLike, offset: int, gz: bool) -> int:
     return count
 
 
+def tally(results: list) -> tuple[dict[str, int], dict[str, int]]:
+    """(rows written per split, malformed rows skipped per reason) summed over tasks' results
+    (each with `rows` and `skipped` dicts)."""
+    rows = {s: sum(r.rows.get(s, 0) for r in results) for s in SPLITS}
+    skipped: dict[str, int] = {}
+    for r in results:
+        for reason, n in r.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    return rows, skipped
+
+
 def run_tasks(fn: Callable[[T], R], tasks: list[T], workers: int,
               stop: Callable[[R], bool] = lambda r: False, desc: str = "tasks",
               pool: ProcessPoolExecutor | None = None) -> list[R]:

@@ -51,6 +51,7 @@ from shardrec.data_pipeline.convert_common import (
     merge_counts,
     run_tasks,
     staging,
+    tally,
 )
 from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
 
@@ -462,11 +463,7 @@ def convert_criteo(inputs: list[str | os.PathLike], out: str | os.PathLike,
             sizes, count_cpu = _vocabulary(plan, paths, splits, workers, min_count, vocab_dir)
             plan = replace(plan, vocab_dir=str(vocab_dir))
         results = _run(plan, _tasks(paths, splits, workers, chunk_bytes), workers)
-        rows = {s: sum(r.rows.get(s, 0) for r in results) for s in SPLITS}
-        skipped: dict[str, int] = {}
-        for r in results:
-            for k, v in r.skipped.items():
-                skipped[k] = skipped.get(k, 0) + v
+        rows, skipped = tally(results)
         if not sum(rows.values()):
             raise UserError(f"no rows converted from {', '.join(map(str, paths))}")
         schema = DatasetSchema(label="label", dense=list(DENSE),

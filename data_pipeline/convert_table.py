@@ -58,6 +58,7 @@ from shardrec.data_pipeline.convert_common import (
     parse_split,
     run_tasks,
     staging,
+    tally,
     worker_pool,
 )
 from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
@@ -782,11 +783,7 @@ def convert_table(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, l
             transforms.save(tmp)
             results = _run(plan, "read", tasks, workers, raws, "convert table", None, pool)
             cpu += sum(r.cpu_s for r in results)
-        rows = {s: sum(r.rows.get(s, 0) for r in results) for s in SPLITS}
-        skipped: dict[str, int] = {}
-        for r in results:
-            for k, v in r.skipped.items():
-                skipped[k] = skipped.get(k, 0) + v
+        rows, skipped = tally(results)
         if not sum(rows.values()):
             raise UserError(f"no rows converted from {', '.join(map(str, paths))}"
                             + (f" ({sum(skipped.values())} malformed rows skipped)" if skipped else ""))
