@@ -314,7 +314,8 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     def save(in_epoch: int, root: Path = run_dir.checkpoints, keep: int = cfg.checkpoint.keep) -> None:
         save_checkpoint(root, step, model, optimizer, {**info, "loss": value, "reader": train.state_dict(in_epoch),
                                                       "early_stopping": stopping.state_dict()}, keep)
-        sync.saved()
+        if root == run_dir.checkpoints:  # a point to resume from: the time-based clock restarts
+            sync.saved()
 
     def validate_and_decide(in_epoch: int) -> bool:
         """Score the validation split; keep the best weights; True: stop training."""
