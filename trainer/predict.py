@@ -46,11 +46,13 @@ def _expand(inputs: list[str]) -> list[Path]:
 
 
 def _is_encoded(path: Path, schema: DatasetSchema) -> bool:
-    """A Parquet file with every feature column of the schema: already encoded."""
+    """A Parquet file with every feature column of the schema, of the schema's types (raw
+    Parquet rows of a `convert table` input may share the names, not the types)."""
     if path.suffix != ".parquet":
         return False
-    names = set(pq.read_schema(path).names)
-    return set(schema.dense) | set(schema.sparse_names) <= names
+    have = pq.read_schema(path)
+    return all(have.get_field_index(f.name) >= 0 and have.field(f.name).type == f.type
+               for f in schema.arrow_schema() if f.name != schema.label)
 
 
 def encoded_batches(paths: list[Path], loaded: Loaded, batch_rows: int) -> Iterator[tuple[pa.Table, pa.Table]]:
