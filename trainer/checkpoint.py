@@ -152,6 +152,21 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """What `--checkpoint` names: a checkpoint folder, `best` (the newest in checkpoints/best,
+    kept by early stopping), or by default the run's newest complete checkpoint."""
+    root = Path(run_dir) / "checkpoints"
+    if checkpoint == BEST:
+        path = latest_checkpoint(root / BEST)
+    elif checkpoint:
+        path = Path(checkpoint)
+    else:
+        path = latest_checkpoint(root)
+    if path is None:
+        raise UserError(f"run folder '{run_dir}' has no complete {'best ' if checkpoint == BEST else ''}checkpoint")
+    return path
+
+
 def _local_tensors(value: Any) -> list[torch.Tensor]:
     if isinstance(value, ShardedTensor):
         return [s.tensor for s in value.local_shards()]

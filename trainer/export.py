@@ -25,7 +25,7 @@ from shardrec.configs.errors import UserError
 from shardrec.configs.loader import dump_yaml, load_config
 from shardrec.configs.tree import Config
 from shardrec.data_pipeline.schema import SCHEMA_FILE, DatasetSchema, load_schema
-from shardrec.trainer.checkpoint import BEST, fingerprint, latest_checkpoint, load_checkpoint
+from shardrec.trainer.checkpoint import fingerprint, load_checkpoint, resolve_checkpoint
 from shardrec.trainer.registry import build_model
 from shardrec.trainer.task import ClickTask
 from torch import nn
@@ -55,20 +55,6 @@ class Loaded:
     schema: DatasetSchema
     checkpoint: Path
     step: int
-
-
-def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
-    """A checkpoint folder, `best` (early stopping's), or the newest of the run."""
-    root = run_dir / "checkpoints"
-    if checkpoint == BEST:
-        path = latest_checkpoint(root / BEST)
-    elif checkpoint:
-        path = Path(checkpoint)
-    else:
-        path = latest_checkpoint(root)
-    if path is None:
-        raise UserError(f"run folder '{run_dir}' has no complete {'best ' if checkpoint == BEST else ''}checkpoint")
-    return path
 
 
 def load_unsharded(run_dir: str | Path, checkpoint: str | None = None) -> Loaded:

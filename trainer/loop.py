@@ -34,6 +34,7 @@ from shardrec.trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_info,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
@@ -421,13 +422,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | None = None, split: str |
 def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, split: str | None) -> dict:
     torch.set_num_threads(_threads(cfg))
     schema = load_schema(cfg.dataset.path)
-    root = RunDir(cfg.run_dir, is_main=False).checkpoints
-    if checkpoint == BEST:  # `--checkpoint best`: the weights early stopping kept
-        path = latest_checkpoint(root / BEST)
-    else:
-        path = Path(checkpoint) if checkpoint else latest_checkpoint(root)
-    if path is None:
-        raise UserError(f"run folder '{cfg.run_dir}' has no complete checkpoint")
+    path = resolve_checkpoint(Path(cfg.run_dir), checkpoint)
     model, _ = build_sharded_task(schema, cfg, env)
     state = load_checkpoint(path, model, fingerprint(cfg.model, schema))
     metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
