@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import os
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,14 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MOVIELENS = "/work/shared/data/movielens_100k"
 AUC_FLOOR, TEACHER_SHARE = 0.785, 0.9
 HIGHER_FLOOR, HIGHER_FLOOR_MODELS = 0.790, ("deepfm", "wide_deep", "dcnv2", "dlrm_dcn")
-
-
-def quiet() -> None:
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    logging.basicConfig(level=logging.ERROR)
-    for name in ("torchrec", "torch", "fbgemm_gpu"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def train(model: str, preset: str, data: str, runs: Path, overrides: list[str], seed: int = 0) -> dict:
@@ -114,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the converted data and run folders")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model (MovieLens; synthetic uses 1)")
     args, overrides = parser.parse_known_args(argv)
-    quiet()
+    from shardrec.launch.console import quiet_libraries
+
+    quiet_libraries()
 
     from shardrec.trainer.registry import MODELS
 

@@ -22,8 +22,8 @@ def quiet_libraries(uses_torch: bool = True) -> None:
     that they do not need."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     route_library_logs()
+    logging.getLogger(OWN).setLevel(logging.WARNING)
     if not uses_torch:
-        logging.getLogger(OWN).setLevel(logging.WARNING)
         return
     import torch  # noqa: F401 - torch sets its loggers' levels on import; override after
 
@@ -36,4 +36,3 @@ def quiet_libraries(uses_torch: bool = True) -> None:
             for handler in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]:
                 logger.removeHandler(handler)
             logger.propagate = True
-    logging.getLogger(OWN).setLevel(logging.WARNING)
