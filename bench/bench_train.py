@@ -1,42 +1,68 @@
-"""Training throughput of shardrec's step against plain PyTorch, measured in the same run.
+"""Training throughput of shardrec against plain PyTorch and the stock TorchRec recipe, in one run.
 
-    .venv/bin/python bench/bench_train.py [--steps 40] [--batch 2048] [--rows 100000] [--dim 64]
+    .venv/bin/python bench/bench_train.py [--steps 30] [--rounds 2] [--threads 2] [--batch 2048]
+                                          [--rows 100000] [--dim 64] [--full] [--ranks]
 
-DLRM with 26 tables x rows x dim on synthetic batches, one process:
-  baseline  the same torchrec.models.dlrm.DLRM unsharded, its nn.EmbeddingBags switched to
-            sparse gradients, torch.optim.Adagrad on everything: the strong single-process
-            PyTorch recipe (dense table gradients would be several times slower);
-  shardrec  the same model through embeddings/ (planner, DMP, FBGEMM fused row-wise Adagrad)
-            driven by TrainPipelineSparseDist and by TrainPipelineBase.
-It prints samples/s of each and the ratio to the baseline: these machines are noisy, so only
-ratios measured in one run are comparable. Batches are made up front so the reader is not timed.
+The shape of issue 13: DLRM (torchrec.models.dlrm.DLRM) with 26 tables x rows x dim, bottom
+MLP 512-256-dim, top MLP 512-256-1, batch 2,048, one process, pre-built synthetic batches (so
+no reader is timed), measured back to back in one process:
+  plain PyTorch   the model unsharded, its nn.EmbeddingBags with sparse gradients, one
+                  torch.optim.Adagrad over everything (PyTorch's documented recipe for large
+                  sparse tables; dense table gradients would be several times slower);
+  TorchRec        the stock recipe of TorchRec's DLRM example: DLRMTrain, RowWiseAdagrad
+                  applied in backward, EmbeddingShardingPlanner + DistributedModelParallel,
+                  KeyedOptimizerWrapper(Adagrad) for the dense part, TrainPipelineSparseDist;
+  shardrec step   `build_sharded_task` (what `shardrec train` builds) with its pipeline, for
+                  the given --precision values.
+Each is timed --rounds times, interleaved (A B C A B C), and the best round is kept: the
+machine is shared and noisy, so only ratios within one run mean anything.
+--full also runs `shardrec train --config bench_dlrm` on synthetic data (made once with
+`shardrec synth --preset bench-dlrm` into --data) and reports its summary's samples_per_s:
+the whole path (reader, pipeline, metrics) against the step alone.
+--ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
+same per-rank batch: the scaling of the sum of both ranks' samples/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from shardrec.configs.loader import load_config
+from shardrec.configs.tree import Config
 from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
 from shardrec.embeddings.tables import table_configs
 from shardrec.launch.console import quiet_libraries
 from shardrec.trainer.distributed import init_distributed, shutdown
 from shardrec.trainer.loop import build_sharded_task
-from shardrec.trainer.models.dlrm import DLRMFlavor
-from shardrec.trainer.task import ClickTask
+from shardrec.trainer.models.dlrm import FLAVORS
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DLRM, DLRMTrain
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+TABLES, DENSE = 26, 13
 
 
-def make_batches(n: int, batch: int, rows: int, tables: int, seed: int = 0) -> list[Batch]:
+def bench_schema(rows: int) -> DatasetSchema:
+    return DatasetSchema("label", [f"I{i + 1}" for i in range(DENSE)],
+                         [SparseFeature(f"C{i + 1}", rows) for i in range(TABLES)])
+
+
+def make_batches(n: int, batch: int, rows: int, tables: int = TABLES, seed: int = 0) -> list[Batch]:
+    """n batches of `batch` rows: 13 uniform dense features, one uniform id per table."""
     g = torch.Generator().manual_seed(seed)
     keys = [f"C{i + 1}" for i in range(tables)]
     out = []
@@ -44,80 +70,175 @@ def make_batches(n: int, batch: int, rows: int, tables: int, seed: int = 0) -> l
         ids = torch.randint(0, rows, (tables, batch), generator=g)
         kjt = KeyedJaggedTensor(keys=keys, values=ids.reshape(-1),
                                 lengths=torch.ones(tables * batch, dtype=torch.int32))
-        out.append(Batch(torch.rand(batch, 13, generator=g), kjt,
+        out.append(Batch(torch.rand(batch, DENSE, generator=g), kjt,
                          torch.randint(0, 2, (batch,), generator=g).float()))
     return out
 
 
-def timed(step, batches: list[Batch], warmup: int) -> float:
-    """samples/s of `step(batch)` over batches[warmup:]."""
-    for b in batches[:warmup]:
-        step(b)
+def shardrec_config(batch: int, dim: int, extra: list[str] = ()) -> Config:
+    """configs/bench_dlrm.yaml at this batch (its flavor is the shape with dim 64)."""
+    if dim != FLAVORS["bench"].embedding_dim:
+        raise SystemExit(f"--dim {dim}: the bench flavor has dim {FLAVORS['bench'].embedding_dim}")
+    return load_config("bench_dlrm", [f"--train.batch_size={batch}", *extra])
+
+
+def timed(step: Callable[[], None], steps: int, batch: int, warmup: int) -> float:
+    """samples/s of `steps` calls of step() after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
     start = time.perf_counter()
-    for b in batches[warmup:]:
-        step(b)
-    return sum(b.labels.numel() for b in batches[warmup:]) / (time.perf_counter() - start)
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
 
 
-def baseline(schema: DatasetSchema, flavor: DLRMFlavor, batches: list[Batch], warmup: int) -> float:
+def cycling(batches: list[Batch]):
+    while True:
+        yield from batches
+
+
+def plain_pytorch(schema: DatasetSchema, batches: list[Batch]) -> Callable[[], None]:
     torch.manual_seed(0)
+    flavor = FLAVORS["bench"]
     ebc = EmbeddingBagCollection(table_configs(schema, flavor.embedding_dim))
     for bag in ebc.embedding_bags.values():
         bag.sparse = True  # sparse row gradients, which torch.optim.Adagrad applies row by row
-    plain = ClickTask(DLRM(ebc, len(schema.dense), list(flavor.bottom_mlp), list(flavor.top_mlp)))
-    opt = torch.optim.Adagrad(plain.parameters(), lr=0.01)
+    model = DLRMTrain(DLRM(ebc, DENSE, list(flavor.bottom_mlp), list(flavor.top_mlp)))
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    it = cycling(batches)
 
-    def step(b: Batch) -> None:
+    def step() -> None:
         opt.zero_grad()
-        plain(b)[0].backward()
+        model(next(it))[0].backward()
         opt.step()
 
-    return timed(step, batches, warmup)
+    return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--rows", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args()
-    quiet_libraries()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    flavor = DLRMFlavor(args.dim, (512, 256, args.dim), (512, 256, 1))
-    schema = DatasetSchema("label", [f"I{i + 1}" for i in range(13)],
-                           [SparseFeature(f"C{i + 1}", args.rows) for i in range(26)])
-    batches = make_batches(args.warmup + args.steps, args.batch, args.rows, 26)
+def stock_torchrec(schema: DatasetSchema, batches: list[Batch], batch: int, env) -> Callable[[], None]:
+    """TorchRec's DLRM example recipe, unchanged apart from the sizes."""
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-    results = {"baseline: plain PyTorch, sparse EmbeddingBag + Adagrad":
-               baseline(schema, flavor, batches, args.warmup)}
+    torch.manual_seed(0)
+    flavor = FLAVORS["bench"]
+    ebc = EmbeddingBagCollection(table_configs(schema, flavor.embedding_dim), device=torch.device("meta"))
+    train_model = DLRMTrain(DLRM(ebc, DENSE, list(flavor.bottom_mlp), list(flavor.top_mlp),
+                                 dense_device=env.device))
+    apply_optimizer_in_backward(RowWiseAdagrad, train_model.model.sparse_arch.parameters(), {"lr": 0.05})
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(local_world_size=1, world_size=1, compute_device=env.device.type),
+        batch_size=batch, storage_reservation=HeuristicalStorageReservation(percentage=0.05))
+    plan = planner.collective_plan(train_model, None, torch.distributed.GroupMember.WORLD)
+    model = DistributedModelParallel(module=train_model, device=env.device, plan=plan)
+    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(model.named_parameters())),
+                                  lambda params: torch.optim.Adagrad(params, lr=0.01))
+    pipeline = TrainPipelineSparseDist(model, CombinedOptimizer([model.fused_optimizer, dense]), env.device)
+    it = cycling(batches)
+    return lambda: pipeline.progress(it)
 
-    from shardrec.trainer.registry import add_flavor
 
-    # The registry holds its own copy of DLRM's flavors: register there, not in the module.
-    add_flavor("dlrm", "bench", flavor)
-    cfg = load_config(None, ["--model.name=dlrm", "--model.flavor=bench", f"--train.batch_size={args.batch}",
-                             "--optimizer.name=adagrad"])
+def shardrec_step(schema: DatasetSchema, batches: list[Batch], batch: int, env, extra: list[str]) -> Callable[[], None]:
+    cfg = shardrec_config(batch, FLAVORS["bench"].embedding_dim, extra)
+    model, optimizer = build_sharded_task(schema, cfg, env)
+    cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
+    pipeline = cls(model, optimizer, env.device)
+    it = cycling(batches)
+    return lambda: pipeline.progress(it)
+
+
+def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> float:
+    """`shardrec train --config bench_dlrm` on the synthetic data: its summary's samples_per_s."""
+    if not (data / "schema.json").is_file():
+        subprocess.run([sys.executable, "-m", "shardrec", "synth", "--preset", "bench-dlrm", "--rows", "600000",
+                        "--out", str(data)], check=True, cwd=ROOT, capture_output=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "shardrec", "train", "--config", "bench_dlrm",
+                        f"--dataset.path={data}", "--run-dir", tmp, "--overwrite", f"--train.max_steps={steps}",
+                        f"--train.num_threads={threads}", "--train.progress=false", *extra],
+                       check=True, cwd=ROOT, capture_output=True)
+        return json.loads((Path(tmp) / "summary.json").read_text())["samples_per_s"]
+
+
+def ranks_scaling(steps: int, batch: int, rows: int) -> tuple[float, float]:
+    """(1 rank x 1 thread, 2 ranks x 1 thread) summed samples/s of the shardrec step."""
+    out = []
+    for n in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+             str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}"],
+            check=True, cwd=ROOT, capture_output=True, text=True, env=env)
+        rates = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("RANK_RATE")]
+        out.append(sum(rates))
+    return out[0], out[1]
+
+
+def rank_worker(args) -> None:
+    """Under torchrun: time this rank's shardrec step, print `RANK_RATE <samples/s>`."""
+    torch.set_num_threads(1)
     env = init_distributed()
     try:
-        for name, cls in (("shardrec TrainPipelineSparseDist", TrainPipelineSparseDist),
-                          ("shardrec TrainPipelineBase", TrainPipelineBase)):
-            model, optimizer = build_sharded_task(schema, cfg, env)
-            pipeline = cls(model, optimizer, env.device)
-            it = iter(batches)
-            results[name] = timed(lambda _b, p=pipeline, i=it: p.progress(i), batches, args.warmup)
-            del model, optimizer, pipeline
+        schema = bench_schema(args.rows)
+        batches = make_batches(8, args.batch, args.rows, seed=env.rank)
+        step = shardrec_step(schema, batches, args.batch, env, ["--train.num_threads=1"])
+        print(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}", flush=True)
     finally:
         shutdown(env)
 
-    base = next(iter(results.values()))
-    print(f"DLRM, 26 tables x {args.rows:,} x {args.dim}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps")
-    for name, sps in results.items():
-        print(f"  {name:<50} {sps:>10,.0f} samples/s   x{sps / base:.2f}")
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="fp32", help="comma-separated train.precision values for shardrec's step")
+    p.add_argument("--full", action="store_true", help="also time `shardrec train --config bench_dlrm`")
+    p.add_argument("--data", type=Path, default=Path("/tmp/shardrec-bench-dlrm"))
+    p.add_argument("--ranks", action="store_true", help="also time 2 ranks x 1 thread against 1 x 1")
+    p.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    quiet_libraries()
+    if args.rank_worker:
+        return rank_worker(args)
+    torch.set_num_threads(args.threads)
+    schema = bench_schema(args.rows)
+    batches = make_batches(8, args.batch, args.rows)
+    env = init_distributed()
+    try:
+        steps = {"plain PyTorch (sparse EmbeddingBag + Adagrad)": plain_pytorch(schema, batches),
+                 "TorchRec stock recipe (DMP, fused RowWiseAdagrad)": stock_torchrec(schema, batches, args.batch, env)}
+        for precision in args.precision.split(","):
+            steps[f"shardrec step ({precision})"] = shardrec_step(
+                schema, batches, args.batch, env, [f"--train.precision={precision}"])
+        best = dict.fromkeys(steps, 0.0)
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                best[name] = max(best[name], timed(step, args.steps, args.batch, args.warmup))
+    finally:
+        shutdown(env)
+    if args.full:
+        best["shardrec train, whole path (fp32)"] = full_train(args.data, 100, args.threads, [])
+    base = max(best["plain PyTorch (sparse EmbeddingBag + Adagrad)"],
+               best["TorchRec stock recipe (DMP, fused RowWiseAdagrad)"])
+    print(f"DLRM, {TABLES} tables x {args.rows:,} x {args.dim}, batch {args.batch}, {args.threads} threads, "
+          f"best of {args.rounds} rounds of {args.steps} steps; ratios against the faster baseline")
+    print("| run | samples/s | vs faster baseline |\n| --- | ---: | ---: |")
+    for name, sps in best.items():
+        print(f"| {name} | {sps:,.0f} | {sps / base:.2f}x |")
+    if args.ranks:
+        one, two = ranks_scaling(args.steps, args.batch, args.rows)
+        print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |\n"
+              f"| shardrec step, 2 ranks x 1 thread (sum) | {two:,.0f} | {two / one:.2f}x of 1 rank |")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ class ModelConfig:
     # when given, they replace the flavor's own crosses. Names must be the data set's
     # sparse features.
     cross_pairs: list[str] = field(default_factory=list)
+    # Dropout rate after every hidden ReLU layer of the model's MLPs (deep towers, DLRM's
+    # bottom and top MLPs); 0 = none. Off at evaluation, prediction and export.
+    dropout: Annotated[float, Range(0, 0.9)] = 0.0
 
 
 @dataclass

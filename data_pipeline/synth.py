@@ -43,6 +43,9 @@ PRESETS = {
     "tiny": dict(cap=2_000, multi_hot=1, zipf_alpha=1.6, rows_per_file=10_000, row_group_rows=2_000),
     "tiny-multihot": dict(cap=2_000, multi_hot=5, zipf_alpha=1.6, rows_per_file=10_000,
                           row_group_rows=2_000),
+    # The training-speed benchmark's shape (configs/bench_dlrm.yaml, issue 13): 26 tables of
+    # exactly `cap` rows each, one id per feature.
+    "bench-dlrm": dict(cap=100_000, multi_hot=1, zipf_alpha=1.2, uniform_tables=True),
 }
 
 NUM_DENSE = 13
@@ -74,11 +77,12 @@ def spec_from_preset(preset: str, rows: int, seed: int = 0, max_table_size: int 
         raise UserError(f"unknown synth preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     preset_args = dict(PRESETS[preset])
     preset_cap, preset_mh = preset_args.pop("cap"), preset_args.pop("multi_hot")
+    uniform = preset_args.pop("uniform_tables", False)
     cap = max_table_size or preset_cap
     mh = preset_mh if multi_hot is None else multi_hot
     if zipf_alpha is not None:
         preset_args["zipf_alpha"] = zipf_alpha
-    sizes = [min(s, cap) if cap else s for s in CRITEO_KAGGLE_SIZES]
+    sizes = [cap] * len(CRITEO_KAGGLE_SIZES) if uniform else [min(s, cap) if cap else s for s in CRITEO_KAGGLE_SIZES]
     max_ids = [1] * 20 + [max(mh, 1)] * 6
     return SynthSpec(rows=rows, table_sizes=sizes, max_ids=max_ids, seed=seed, **preset_args)
 

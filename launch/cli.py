@@ -215,14 +215,14 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list every model with its flavors, parameter counts and presets")
     m.add_argument("--schema", default="criteo-kaggle",
-                   help="a data set folder, or a synth preset (criteo-kaggle, demo, tiny, tiny-multihot) "
+                   help="a data set folder, or a synth preset (criteo-kaggle, demo, tiny, tiny-multihot, bench-dlrm) "
                         "whose table sizes the parameter counts use")
     m.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("synth", help="write a synthetic Criteo-shaped data set with a hidden teacher")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--rows", type=int, required=True, help="rows in all (split 80/10/10 into train/valid/test)")
-    s.add_argument("--preset", default="criteo-kaggle", help="table sizes: criteo-kaggle, demo, tiny, tiny-multihot")
+    s.add_argument("--preset", default="criteo-kaggle", help="table sizes: criteo-kaggle, demo, tiny, tiny-multihot, bench-dlrm")
     s.add_argument("--max-table-size", type=int, default=None, help="cap every table at this many rows")
     s.add_argument("--multi-hot", type=int, default=None, help="the last 6 features get up to N ids per row")
     s.add_argument("--zipf-alpha", type=float, default=None, help="power-law exponent of id frequencies")

@@ -23,6 +23,7 @@ from shardrec.data_pipeline.schema import DatasetSchema
 from shardrec.trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
 from shardrec.trainer.models.common import LearnedDenseVector
 from torch import nn
+from torchrec.modules.mlp import Perceptron
 
 
 @dataclass(frozen=True)
@@ -93,4 +94,19 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             pairs.append(tuple(names))
         # The configured crosses replace the flavor's (explicit and automatic) ones.
         flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
-    return spec.build(schema, flavor, device)
+    model = spec.build(schema, flavor, device)
+    if cfg.dropout:
+        add_dropout(model, cfg.dropout)
+    return model
+
+
+def add_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Dropout with rate p after every ReLU hidden layer of the model's TorchRec MLPs (deep
+    towers, DLRM's bottom and top MLPs); output units and cross layers are left as they are.
+    TorchRec's MLP has no dropout option, so each such Perceptron's activation becomes
+    ReLU + Dropout: no parameter is added or renamed, so checkpoints and exports keep their
+    keys, and eval() turns it off."""
+    for m in model.modules():
+        if isinstance(m, Perceptron) and m._activation_fn is torch.relu:
+            m._activation_fn = nn.Sequential(nn.ReLU(), nn.Dropout(p))
+    return model

@@ -23,6 +23,7 @@ from torch import nn
 from torchrec.modules.crossnet import CrossNet, LowRankMixtureCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 META = torch.device("meta")
 
@@ -202,3 +203,29 @@ def test_wide_deep_crosses_come_from_the_config(movielens_schema):
         build_model(movielens_schema, ModelConfig("wide_deep", "small", cross_pairs=["user_id"]), META)
     with pytest.raises(UserError, match="model 'dlrm' crosses no features"):
         build_model(movielens_schema, ModelConfig("dlrm", "small", cross_pairs=["user_id:genres"]), META)
+
+
+@pytest.mark.parametrize("name", ["dlrm", "deepfm", "dnn"])
+def test_dropout_adds_no_parameters_and_is_off_in_eval(movielens_schema, name):
+    torch.manual_seed(0)
+    plain = build_model(movielens_schema, ModelConfig(name, "debug"), torch.device("cpu"))
+    torch.manual_seed(0)
+    dropped = build_model(movielens_schema, ModelConfig(name, "debug", dropout=0.5), torch.device("cpu"))
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    assert sum(isinstance(m, nn.Dropout) for m in dropped.modules()) >= 1
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    dropped.load_state_dict(plain.state_dict())
+    dense = torch.rand(64, len(movielens_schema.dense))
+    kjt = _movielens_kjt(movielens_schema, 64)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(dense, kjt), plain(dense, kjt))
+    dropped.train()
+    assert not torch.allclose(dropped(dense, kjt), dropped(dense, kjt))  # a fresh mask each call
+
+
+def _movielens_kjt(schema, batch: int) -> KeyedJaggedTensor:
+    """One id per feature and row (B rows), each below its table's size."""
+    g = torch.Generator().manual_seed(1)
+    values = torch.cat([torch.randint(0, f.num_embeddings, (batch,), generator=g) for f in schema.sparse])
+    return KeyedJaggedTensor(keys=[f.name for f in schema.sparse], values=values,
+                             lengths=torch.ones(batch * len(schema.sparse), dtype=torch.int32))

@@ -34,6 +34,8 @@ FLAVORS = {
     "kaggle": DLRMFlavor(16, (512, 256, 64, 16), (512, 256, 1)),
     # MLPerf training v1.0 DLRM (dot interaction) sizes.
     "mlperf": DLRMFlavor(128, (512, 256, 128), (1024, 1024, 512, 256, 1)),
+    # The training-speed benchmark's shape (configs/bench_dlrm.yaml, bench/bench_train.py).
+    "bench": DLRMFlavor(64, (512, 256, 64), (512, 256, 1)),
 }
 
 

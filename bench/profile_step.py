@@ -1,0 +1,95 @@
+"""Where one training step of shardrec's DLRM goes: torch.profiler, by operator and by module.
+
+    .venv/bin/python bench/profile_step.py [--steps 8] [--threads 2] [--batch 2048] [--rows 100000]
+                                           [--dim 64] [--precision fp32|bf16] [--pipeline base|sparse_dist]
+
+The shape of issue 13 (the `bench_dlrm` flavor: 26 tables x rows x dim, bottom MLP
+512-256-dim, top 512-256-1, batch 2,048) on pre-built synthetic batches, through
+`build_sharded_task` and a TorchRec train pipeline, as `shardrec train` runs it. After a few
+warm-up steps it profiles --steps steps and prints (1) the top operators by self CPU time with
+their share of the total, and (2) CPU time by top-level module of the model (forward only: the
+backward runs in autograd's engine and is attributed to operators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import bench_schema, make_batches, shardrec_config  # noqa: E402
+from shardrec.launch.console import quiet_libraries  # noqa: E402
+from shardrec.trainer.distributed import init_distributed, shutdown  # noqa: E402
+from shardrec.trainer.loop import build_sharded_task  # noqa: E402
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def label_modules(root: torch.nn.Module, depth: int = 2) -> None:
+    """Wrap the forward of each module down to `depth` levels below the model in a
+    record_function named by its path, so the profile can be read by module."""
+    for name, module in root.named_modules():
+        if not name or name.count(".") >= depth:
+            continue
+        forward = module.forward
+
+        def labelled(*args, _f=forward, _n=name, **kwargs):
+            with record_function(f"module::{_n}"):
+                return _f(*args, **kwargs)
+
+        module.forward = labelled
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--pipeline", default="base", choices=["base", "sparse_dist"])
+    p.add_argument("--top", type=int, default=20)
+    args = p.parse_args()
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    schema = bench_schema(args.rows)
+    batches = make_batches(args.warmup + args.steps, args.batch, args.rows, len(schema.sparse))
+    cfg = shardrec_config(args.batch, args.dim, [f"--train.precision={args.precision}"])
+    env = init_distributed()
+    try:
+        model, optimizer = build_sharded_task(schema, cfg, env)
+        label_modules(model.module.model if hasattr(model, "module") else model, depth=1)
+        cls = TrainPipelineSparseDist if args.pipeline == "sparse_dist" else TrainPipelineBase
+        pipeline = cls(model, optimizer, env.device)
+        it = iter(batches)
+        for _ in range(args.warmup):
+            pipeline.progress(it)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                pipeline.progress(it)
+    finally:
+        shutdown(env)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{args.steps} steps, {total / args.steps / 1e3:.1f} ms of self CPU time per step "
+          f"({args.threads} threads, precision {args.precision}, pipeline {args.pipeline})")
+    print("\n| operator | ms/step | share |\n| --- | ---: | ---: |")
+    ops = sorted((e for e in events if not e.key.startswith("module::")), key=lambda e: -e.self_cpu_time_total)
+    for e in ops[:args.top]:
+        print(f"| `{e.key}` | {e.self_cpu_time_total / args.steps / 1e3:.1f} | "
+              f"{100 * e.self_cpu_time_total / total:.1f}% |")
+    print("\n| module (forward, inclusive) | ms/step |\n| --- | ---: |")
+    for e in sorted((e for e in events if e.key.startswith("module::")), key=lambda e: -e.cpu_time_total):
+        print(f"| {e.key[8:]} | {e.cpu_time_total / args.steps / 1e3:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

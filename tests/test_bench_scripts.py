@@ -1,0 +1,36 @@
+"""The benchmark scripts keep running on a machine without a GPU (smoke runs at toy sizes).
+
+Their figures live in docs/benchmarks.md; here only that each runs end to end and prints the
+rows it promises, so a refactor cannot break them silently before the next GPU session.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_gpu_dlrm_dcn_benchmark_runs_on_cpu():
+    out = run("bench_gpu_dlrm_dcn.py", "--device", "cpu", "--cap", "500", "--batch", "32", "--steps", "1",
+              "--warmup", "1", "--dtypes", "fp32")
+    row = re.search(r"^\| fp32 \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+)% \|$", out, re.M)
+    assert row, out
+    # 214 ids x (3 x 128 x 4 + 8) bytes + 26 x 2 x 128 x 4: the formula of the docstring.
+    assert int(row.group(2).replace(",", "")) == 214 * (3 * 128 * 4 + 8) + 26 * 2 * 128 * 4
+
+
+def test_train_benchmark_prints_every_row_with_a_ratio():
+    out = run("bench_train.py", "--steps", "1", "--warmup", "1", "--rounds", "1", "--rows", "500", "--batch", "256")
+    for name in ("plain PyTorch", "TorchRec stock recipe", "shardrec step (fp32)"):
+        assert re.search(rf"^\| {re.escape(name)}.* \| [\d,]+ \| \d+\.\d\dx \|$", out, re.M), (name, out)
