@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--pipeline", default="base", choices=["base", "sparse_dist"])
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--shapes", default="", help="also list these operators' calls by input shapes (comma-separated)")
     args = p.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -72,7 +73,7 @@ def main() -> None:
         it = iter(batches)
         for _ in range(args.warmup):
             pipeline.progress(it)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(args.shapes)) as prof:
             for _ in range(args.steps):
                 pipeline.progress(it)
     finally:
@@ -86,6 +87,13 @@ def main() -> None:
     for e in ops[:args.top]:
         print(f"| `{e.key}` | {e.self_cpu_time_total / args.steps / 1e3:.1f} | "
               f"{100 * e.self_cpu_time_total / total:.1f}% |")
+    if args.shapes:
+        wanted = set(args.shapes.split(","))
+        print("\n| operator | input shapes | calls/step | ms/step |\n| --- | --- | ---: | ---: |")
+        by_shape = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in wanted]
+        for e in sorted(by_shape, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+            print(f"| `{e.key}` | {e.input_shapes} | {e.count / args.steps:.0f} | "
+                  f"{e.self_cpu_time_total / args.steps / 1e3:.1f} |")
     print("\n| module (forward, inclusive) | ms/step |\n| --- | ---: |")
     for e in sorted((e for e in events if e.key.startswith("module::")), key=lambda e: -e.cpu_time_total):
         print(f"| {e.key[8:]} | {e.cpu_time_total / args.steps / 1e3:.1f} |")

@@ -18,6 +18,7 @@ from shardrec.data_pipeline.schema import DatasetSchema
 from shardrec.embeddings.tables import table_configs
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,85 @@ FLAVORS = {
 }
 
 
+class PairwiseDots(torch.autograd.Function):
+    """The dot product of every pair of distinct fields: (B, N, E) -> (B, N(N-1)/2), in
+    torch.triu_indices(N, N, offset=1) order (TorchRec's InteractionArch's).
+
+    Written by hand because autograd's version of `bmm(x, x^T)[:, rows, cols]` is slow on
+    CPU (bench/profile_step.py, issue 13): the triangle's backward is an accumulating
+    index_put and the bmm's backward two more bmms. Here Z = x x^T is symmetric, so
+    dL/dx = (G + G^T) x with G the pair gradients scattered into (B, N, N): one bmm, and a
+    non-accumulating scatter (the pairs are distinct). The triangle is taken with gather
+    over a broadcast index, 3-4x faster on CPU than index_select or advanced indexing."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        index = flat_pairs.expand(b, -1)
+        ctx.save_for_backward(x, index)
+        ctx.mirrored = (flat_pairs % n) * n + flat_pairs // n  # (i, j) -> (j, i)
+        return torch.gather(torch.bmm(x, x.transpose(1, 2)).view(b, n * n), 1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, index = ctx.saved_tensors
+        b, n, _ = x.shape
+        # G + G^T in one scatter: each pair's gradient goes to (i, j) and to (j, i).
+        both = torch.cat([index, ctx.mirrored.expand(b, -1)], dim=1)
+        g = grad.new_zeros(b, n * n).scatter_(1, both, grad.repeat(1, 2)).view(b, n, n)
+        # Under autocast the forward's bmm ran in bf16 and `grad` is bf16: so does this one,
+        # as autocast's own backward would, and x's gradient goes back in x's dtype.
+        return torch.bmm(g, x.to(grad.dtype)).to(x.dtype), None
+
+
+@torch.fx.wrap
+def pooled_in_order(pooled: KeyedTensor, names: list[str]) -> torch.Tensor:
+    """The pooled embeddings as (B, F * E) with the features in `names` order: the
+    KeyedTensor's own values when its keys are in that order already (one rank), else
+    concatenated in order (a sharded collection lists its keys by shard)."""
+    if pooled.keys() == names:
+        return pooled.values()
+    columns = pooled.to_dict()
+    return torch.cat([columns[name] for name in names], dim=1)
+
+
+@torch.fx.wrap
+def pairwise_dots(x: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
+    """PairwiseDots as one call in fx graphs (TorchRec's train pipelines trace the model)."""
+    return PairwiseDots.apply(x, flat_pairs)
+
+
+class FastDLRM(DLRM):
+    """TorchRec's DLRM (same modules, parameters and outputs) with a leaner forward:
+    the pooled embeddings are viewed as (B, F, E) straight from the KeyedTensor's values
+    when they are in feature order (TorchRec always splits them into a dict and concatenates
+    them back, a copy each way), and the pairwise dots are PairwiseDots. Under bf16 autocast the pooled embeddings are cast once,
+    (B, F * E), so that the fields, their dots and the top MLP's input stay bf16 (casting
+    the (B, F + 1, E) fields for the bmm and back costs three times as much).
+
+    forward(dense (B, D), KJT) -> logits (B, 1)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = self.sparse_arch.F + 1
+        rows, cols = torch.triu_indices(n, n, offset=1)
+        self.register_buffer("flat_pairs", rows * n + cols, persistent=False)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        dense = self.dense_arch(dense_features)  # (B, E), bf16 under autocast
+        pooled = pooled_in_order(self.sparse_arch.embedding_bag_collection(sparse_features),
+                                 self.sparse_arch.sparse_feature_names)  # (B, F * E)
+        fields = torch.cat([dense, pooled.to(dense.dtype)], dim=1)
+        fields = fields.view(dense.shape[0], -1, dense.shape[1])  # (B, F + 1, E)
+        dots = pairwise_dots(fields, self.flat_pairs)  # (B, (F + 1) F / 2)
+        return self.over_arch(torch.cat([dense, dots], dim=1))
+
+
 def build_dlrm(schema: DatasetSchema, flavor: DLRMFlavor, device: torch.device) -> DLRM:
     """DLRM over the schema's tables; pass device=meta and let embeddings/ place it."""
     ebc = EmbeddingBagCollection(tables=table_configs(schema, flavor.embedding_dim), device=device)
-    return DLRM(
+    return FastDLRM(
         embedding_bag_collection=ebc,
         dense_in_features=len(schema.dense),
         dense_arch_layer_sizes=list(flavor.bottom_mlp),
