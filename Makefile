@@ -14,7 +14,7 @@ STAMP := $(VENV)/.shardrec-installed
 DEMO_DATA := data/demo
 DEMO_ROWS := 1250000
 
-.PHONY: install demo test test-long lint docs clean
+.PHONY: install demo test test-long bench lint docs clean
 
 install: $(STAMP)
 
@@ -46,6 +46,16 @@ test: $(STAMP)
 test-long: $(STAMP)
 	$(BIN)/python bench/fault_loop.py --launcher torchrun --runs 10
 	$(BIN)/python bench/fault_loop.py --launcher ray --runs 3
+
+# CPU training-speed benchmarks (about 8 minutes on 2 cores; results in docs/benchmarks.md):
+# shardrec's step against plain PyTorch and the stock TorchRec recipe, the whole `shardrec
+# train` path, fp32 against bf16 quality, and 2 ranks against 1.
+BENCH_DATA := data/bench_dlrm
+$(BENCH_DATA)/schema.json: | $(STAMP)
+	$(BIN)/shardrec synth --out $(BENCH_DATA) --rows 600000 --preset bench-dlrm --overwrite
+
+bench: $(STAMP) $(BENCH_DATA)/schema.json
+	$(BIN)/python bench/bench_train.py --precision fp32,bf16 --full --quality --ranks --data $(BENCH_DATA)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

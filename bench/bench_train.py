@@ -16,9 +16,12 @@ no reader is timed), measured back to back in one process:
                   the given --precision values.
 Each is timed --rounds times, interleaved (A B C A B C), and the best round is kept: the
 machine is shared and noisy, so only ratios within one run mean anything.
---full also runs `shardrec train --config bench_dlrm` on synthetic data (made once with
-`shardrec synth --preset bench-dlrm` into --data) and reports its summary's samples_per_s:
-the whole path (reader, pipeline, metrics) against the step alone.
+--full also runs `shardrec train --config bench_dlrm` for --full-steps steps on synthetic data
+(made once with `shardrec synth --preset bench-dlrm` into --data) and reports its summary's
+samples_per_s and the rate from step 50 on (metrics.jsonl; the step alone is timed after
+warm-up steps too): the whole path (reader, pipeline, metrics) against the step alone.
+--quality trains `shardrec train --config bench_dlrm` for --quality-steps steps in fp32 and in
+each other --precision and prints the test AUCs (the synthetic teacher data; same samples).
 --ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
 same per-rank batch: the scaling of the sum of both ranks' samples/s.
 """
@@ -152,17 +155,28 @@ def shardrec_step(schema: DatasetSchema, batches: list[Batch], batch: int, env, 
     return lambda: pipeline.progress(it)
 
 
-def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> float:
-    """`shardrec train --config bench_dlrm` on the synthetic data: its summary's samples_per_s."""
+def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
+    """`shardrec train --config bench_dlrm` on the synthetic data (made first if absent):
+    its summary.json."""
     if not (data / "schema.json").is_file():
         subprocess.run([sys.executable, "-m", "shardrec", "synth", "--preset", "bench-dlrm", "--rows", "600000",
                         "--out", str(data)], check=True, cwd=ROOT, capture_output=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "shardrec", "train", "--config", "bench_dlrm",
-                        f"--dataset.path={data}", "--run-dir", tmp, "--overwrite", f"--train.max_steps={steps}",
-                        f"--train.num_threads={threads}", "--train.progress=false", *extra],
-                       check=True, cwd=ROOT, capture_output=True)
-        return json.loads((Path(tmp) / "summary.json").read_text())["samples_per_s"]
+        proc = subprocess.run([sys.executable, "-m", "shardrec", "train", "--config", "bench_dlrm",
+                               f"--dataset.path={data}", "--run-dir", tmp, "--overwrite",
+                               f"--train.max_steps={steps}", f"--train.num_threads={threads}",
+                               "--train.progress=false", *extra], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-3000:])
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+        # Steady state, as the step alone is timed after warm-up steps: from the first logged
+        # step (50) to the last, leaving out start-up (the pipeline's first step traces the model).
+        logs = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        logs = [r for r in logs if r.get("event") == "train" and "elapsed_s" in r]
+        if len(logs) >= 2:
+            summary["steady_samples_per_s"] = ((logs[-1]["step"] - logs[0]["step"]) * summary["samples"]
+                                               / summary["steps"] / (logs[-1]["elapsed_s"] - logs[0]["elapsed_s"]))
+        return summary
 
 
 def ranks_scaling(steps: int, batch: int, rows: int) -> tuple[float, float]:
@@ -205,6 +219,10 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="also time `shardrec train --config bench_dlrm`")
     p.add_argument("--data", type=Path, default=Path("/tmp/shardrec-bench-dlrm"))
     p.add_argument("--ranks", action="store_true", help="also time 2 ranks x 1 thread against 1 x 1")
+    p.add_argument("--quality", action="store_true", help="also compare the test AUC of fp32 and the other "
+                   "precisions after the same samples of `shardrec train`")
+    p.add_argument("--quality-steps", type=int, default=250)
+    p.add_argument("--full-steps", type=int, default=300)
     p.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     quiet_libraries()
@@ -226,8 +244,12 @@ def main() -> None:
                 best[name] = max(best[name], timed(step, args.steps, args.batch, args.warmup))
     finally:
         shutdown(env)
+    precisions = args.precision.split(",")
     if args.full:
-        best["shardrec train, whole path (fp32)"] = full_train(args.data, 100, args.threads, [])
+        for precision in precisions:
+            summary = full_train(args.data, args.full_steps, args.threads, [f"--train.precision={precision}"])
+            best[f"shardrec train, whole path ({precision}), summary.json"] = summary["samples_per_s"]
+            best[f"shardrec train, whole path ({precision}), after step 50"] = summary["steady_samples_per_s"]
     base = max(best["plain PyTorch (sparse EmbeddingBag + Adagrad)"],
                best["TorchRec stock recipe (DMP, fused RowWiseAdagrad)"])
     print(f"DLRM, {TABLES} tables x {args.rows:,} x {args.dim}, batch {args.batch}, {args.threads} threads, "
@@ -235,6 +257,20 @@ def main() -> None:
     print("| run | samples/s | vs faster baseline |\n| --- | ---: | ---: |")
     for name, sps in best.items():
         print(f"| {name} | {sps:,.0f} | {sps / base:.2f}x |")
+    if args.full:
+        for precision in precisions:
+            step = best[f"shardrec step ({precision})"]
+            full = best[f"shardrec train, whole path ({precision}), after step 50"]
+            print(f"whole path after step 50 / step alone ({precision}): {full / step:.2f}")
+    if args.quality:
+        # Same data, same samples (--quality-steps x 2,048), the only difference the precision.
+        runs = {p: full_train(args.data, args.quality_steps, args.threads, [f"--train.precision={p}"])
+                for p in ("fp32", *[p for p in precisions if p != "fp32"])}
+        print(f"quality after {args.quality_steps} steps ({args.quality_steps * args.batch:,} samples), test AUC "
+              f"(teacher data): " + ", ".join(f"{p} {r['auc']:.4f}" for p, r in runs.items()))
+        for p, r in runs.items():
+            if p != "fp32":
+                print(f"  {p} - fp32: {r['auc'] - runs['fp32']['auc']:+.4f}")
     if args.ranks:
         one, two = ranks_scaling(args.steps, args.batch, args.rows)
         print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |\n"

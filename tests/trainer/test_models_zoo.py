@@ -263,3 +263,26 @@ def test_pairwise_dots_backward_is_the_gradient_of_its_forward():
     expected = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
     torch.testing.assert_close(dlrm.pairwise_dots(x, flat), expected)
     assert torch.autograd.gradcheck(lambda t: dlrm.pairwise_dots(t, flat), (x,))
+
+
+def test_pairwise_dots_of_fields_in_shard_order_are_the_canonical_ones():
+    """A sharded collection lists its keys shard by shard: the dots, picked where the fields
+    are, come out in the canonical (feature) order all the same."""
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+
+    names, b, e = ["a", "b", "c", "d"], 5, 3
+    cols = {k: torch.randn(b, e, dtype=torch.float64) for k in names}
+    dense = torch.randn(b, e, dtype=torch.float64)
+    n = len(names) + 1
+    rows, cols_ = torch.triu_indices(n, n, offset=1)
+    canonical = rows * n + cols_
+    expected = dlrm.pairwise_dots(torch.stack([dense, *(cols[k] for k in names)], dim=1), canonical)
+    shuffled = ["c", "a", "d", "b"]
+    kt = KeyedTensor(keys=shuffled, length_per_key=[e] * 4, values=torch.cat([cols[k] for k in shuffled], dim=1))
+    cache = {}
+    pairs = dlrm.pairs_in_key_order(kt, names, canonical, cache)
+    fields = torch.cat([dense, kt.values()], dim=1).view(b, n, e)
+    torch.testing.assert_close(dlrm.pairwise_dots(fields, pairs), expected)
+    assert tuple(shuffled) in cache
+    in_order = KeyedTensor(keys=names, length_per_key=[e] * 4, values=torch.cat([cols[k] for k in names], dim=1))
+    assert dlrm.pairs_in_key_order(in_order, names, canonical, cache) is canonical
