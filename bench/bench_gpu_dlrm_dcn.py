@@ -27,6 +27,7 @@ suite does to keep the script working on machines without a GPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import warnings
 
@@ -95,12 +96,7 @@ def run_dtype(schema: DatasetSchema, dtype: str, batch: int, steps: int, warmup:
     model, optimizer = build_sharded_task(schema, cfg, env)
     pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
     batches = make_batches(schema, 4, batch, env.device)
-
-    def cycle():
-        while True:
-            yield from batches
-
-    it = cycle()
+    it = itertools.cycle(batches)
     for _ in range(warmup):
         pipeline.progress(it)
     if env.device.type == "cuda":

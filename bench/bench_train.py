@@ -29,6 +29,7 @@ same per-rank batch: the scaling of the sum of both ranks' samples/s.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -95,11 +96,6 @@ def timed(step: Callable[[], None], steps: int, batch: int, warmup: int) -> floa
     return steps * batch / (time.perf_counter() - start)
 
 
-def cycling(batches: list[Batch]):
-    while True:
-        yield from batches
-
-
 def plain_pytorch(schema: DatasetSchema, batches: list[Batch]) -> Callable[[], None]:
     torch.manual_seed(0)
     flavor = FLAVORS["bench"]
@@ -108,7 +104,7 @@ def plain_pytorch(schema: DatasetSchema, batches: list[Batch]) -> Callable[[], N
         bag.sparse = True  # sparse row gradients, which torch.optim.Adagrad applies row by row
     model = DLRMTrain(DLRM(ebc, DENSE, list(flavor.bottom_mlp), list(flavor.top_mlp)))
     opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
-    it = cycling(batches)
+    it = itertools.cycle(batches)
 
     def step() -> None:
         opt.zero_grad()
@@ -142,7 +138,7 @@ def stock_torchrec(schema: DatasetSchema, batches: list[Batch], batch: int, env)
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(model.named_parameters())),
                                   lambda params: torch.optim.Adagrad(params, lr=0.01))
     pipeline = TrainPipelineSparseDist(model, CombinedOptimizer([model.fused_optimizer, dense]), env.device)
-    it = cycling(batches)
+    it = itertools.cycle(batches)
     return lambda: pipeline.progress(it)
 
 
@@ -151,7 +147,7 @@ def shardrec_step(schema: DatasetSchema, batches: list[Batch], batch: int, env, 
     model, optimizer = build_sharded_task(schema, cfg, env)
     cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
     pipeline = cls(model, optimizer, env.device)
-    it = cycling(batches)
+    it = itertools.cycle(batches)
     return lambda: pipeline.progress(it)
 
 
@@ -229,13 +225,14 @@ def main() -> None:
     if args.rank_worker:
         return rank_worker(args)
     torch.set_num_threads(args.threads)
+    precisions = args.precision.split(",")
     schema = bench_schema(args.rows)
     batches = make_batches(8, args.batch, args.rows)
     env = init_distributed()
     try:
         steps = {"plain PyTorch (sparse EmbeddingBag + Adagrad)": plain_pytorch(schema, batches),
                  "TorchRec stock recipe (DMP, fused RowWiseAdagrad)": stock_torchrec(schema, batches, args.batch, env)}
-        for precision in args.precision.split(","):
+        for precision in precisions:
             steps[f"shardrec step ({precision})"] = shardrec_step(
                 schema, batches, args.batch, env, [f"--train.precision={precision}"])
         best = dict.fromkeys(steps, 0.0)
@@ -244,7 +241,6 @@ def main() -> None:
                 best[name] = max(best[name], timed(step, args.steps, args.batch, args.warmup))
     finally:
         shutdown(env)
-    precisions = args.precision.split(",")
     if args.full:
         for precision in precisions:
             summary = full_train(args.data, args.full_steps, args.threads, [f"--train.precision={precision}"])
