@@ -171,8 +171,11 @@ class EarlyStoppingConfig:
     # `eval.validation_split` is scored every `eval.every_steps` steps, or after every epoch
     # when that is 0; the best weights are kept in checkpoints/best/ and the final test score
     # is theirs.
-    metric: Literal["", "auc", "logloss", "ne", "accuracy", "mse"] = ""
-    # "max" or "min"; "auto" = max for auc and accuracy, min for logloss, ne and mse.
+    # Click models: auc, logloss, ne, accuracy or mse. Retrieval models: a top-K metric of
+    # retrieval.ks, e.g. ndcg@10, recall@20, hit@10, mrr@10, precision@10.
+    metric: str = ""
+    # "max" or "min"; "auto" = max for auc, accuracy and the top-K metrics, min for logloss,
+    # ne and mse.
     mode: Literal["auto", "max", "min"] = "auto"
     # Validations in a row without an improvement before training stops.
     patience: PosInt = 2
@@ -235,6 +238,33 @@ class EvalConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """Retrieval models (mf, ncf, two_tower, lightgcn) on `shardrec convert interactions` data."""
+
+    # bpr: pairwise loss with one negative per positive; softmax: each user's positive item
+    # among the batch's candidates (see `negatives`), with the logQ correction.
+    loss: Literal["bpr", "softmax"] = "bpr"
+    # Where negatives come from: uniform over the catalogue, popularity (drawn with
+    # probability proportional to (training count + 1) ** popularity_alpha), or in_batch (the
+    # other rows' positive items; no draw).
+    negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
+    # Exponent of popularity-based sampling (0 = uniform, 1 = proportional to counts).
+    popularity_alpha: Annotated[float, Range(0, 2)] = 0.75
+    # softmax: logits are divided by this.
+    temperature: PosFloat = 1.0
+    # softmax: subtract log Q(item), each candidate's sampling probability.
+    logq_correction: bool = True
+    # L2 penalty on the batch's id embeddings (mean over rows of their squared norms).
+    l2: NonNegFloat = 0.0
+    # Cut-offs K of the top-K metrics (recall@K, ndcg@K, ... in summary.json).
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    # Users scored against the whole catalogue at once in evaluation, per rank.
+    eval_users_per_chunk: PosInt = 1024
+    # Also score the popularity baseline in the final evaluation (popularity_* keys).
+    popularity_baseline: bool = True
+
+
+@dataclass
 class CheckpointConfig:
     """torch.distributed.checkpoint snapshots in the run folder."""
 
@@ -294,4 +324,5 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ray: RayConfig = field(default_factory=RayConfig)

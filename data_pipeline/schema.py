@@ -47,6 +47,11 @@ class DatasetSchema:
     teacher_auc: dict[str, float] = field(default_factory=dict)
     # Free-form provenance (generator arguments, converter options, skipped rows).
     source: dict[str, Any] = field(default_factory=dict)
+    # Implicit-feedback data sets only (`shardrec convert interactions`): which sparse
+    # features are the user and item indices and their side features, the catalogue size,
+    # and the files that describe users and items (see data_pipeline/interactions.py).
+    # Empty for click (ranking) data sets.
+    interactions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sparse_names(self) -> list[str]:
@@ -62,7 +67,10 @@ class DatasetSchema:
         return pa.schema(fields)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+        obj = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        if not obj["interactions"]:
+            del obj["interactions"]  # click data sets keep the format they always had
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "schema.json") -> DatasetSchema:
@@ -77,6 +85,7 @@ class DatasetSchema:
                 splits=dict(obj.get("splits", {})),
                 teacher_auc=dict(obj.get("teacher_auc", {})),
                 source=dict(obj.get("source", {})),
+                interactions=dict(obj.get("interactions") or {}),
             )
         except (KeyError, TypeError) as e:
             raise UserError(f"{where}: missing or malformed entry {e}") from None
@@ -103,7 +112,9 @@ def load_schema(dataset_dir: str | os.PathLike) -> DatasetSchema:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
-    return DatasetSchema.from_json(obj, where=str(path))
+    schema = DatasetSchema.from_json(obj, where=str(path))
+    schema.folder = str(root)  # not part of the format: where this schema was read from
+    return schema
 
 
 def write_schema(dataset_dir: str | os.PathLike, schema: DatasetSchema) -> None:

@@ -227,10 +227,20 @@ class DenseDataParallel(DefaultDataParallelWrapper):
     State dict keys are the same either way (DMP strips DDP's `module.` prefix)."""
 
     def wrap(self, dmp: DistributedModelParallel, env, device: torch.device) -> None:
-        if env.process_group is not None and env.process_group.size() == 1:
+        one_rank = env.process_group is not None and env.process_group.size() == 1
+        # DDP refuses a module without trainable dense parameters (matrix factorisation,
+        # LightGCN: every parameter is a table); there is nothing to all-reduce then.
+        if one_rank or not any(p.requires_grad for _, p in _dense_parameters(dmp)):
             dmp._dmp_wrapped_module = dmp._dmp_wrapped_module.to(device)
             return
         super().wrap(dmp, env, device)
+
+
+def _dense_parameters(dmp: DistributedModelParallel):
+    """The parameters DDP would wrap: those no sharded module owns."""
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    return in_backward_optimizer_filter(dmp._dmp_wrapped_module.named_parameters())
 
 
 def describe_plan(dmp: DistributedModelParallel) -> dict[str, dict]:

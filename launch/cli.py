@@ -131,6 +131,15 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
+    from shardrec.trainer.recommend import recommend
+
+    _no_extra(extra)
+    users = recommend(args.run_dir, args.out, args.k, args.users, args.checkpoint, args.batch_size)
+    print(f"wrote the top {args.k} items of {users:,} users to {args.out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
     from shardrec.trainer.catalog import render
 
@@ -170,6 +179,8 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def print_summary(s: dict) -> None:
+    if "auc" not in s:
+        return print_retrieval_summary(s)
     auc = f"test AUC {s['auc']:.4f}"
     if "teacher_auc" in s:
         t = s["teacher_auc"]
@@ -182,6 +193,34 @@ def print_summary(s: dict) -> None:
           f"calibration {s.get('calibration', float('nan')):.3f} | {s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s "
           f"= {s['samples_per_s']:,.0f} samples/s | world size {s['world_size']}\n"
           f"run folder: {s['run_dir']}")
+
+
+def _best(s: dict) -> str:
+    if "best_step" not in s:
+        return ""
+    return (f" | best valid {s['best_metric']} {s['best_value']:.4f} at step {s['best_step']}"
+            + (" (stopped early)" if s["stopped_early"] else ""))
+
+
+def print_retrieval_summary(s: dict) -> None:
+    ks = sorted({int(k.split("@")[1]) for k in s if k.startswith("recall@")})
+    lines = [f"\n{s['model']}/{s['flavor']} on {s['eval_split']} ({int(s['users']):,} users, full ranking)"
+             + _best(s)]
+    for k in ks:
+        line = "  ".join(f"{m}@{k} {s[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "precision", "hit", "mrr",
+                                                                 "coverage"))
+        if f"popularity_recall@{k}" in s:
+            line += f"  (popularity: recall@{k} {s[f'popularity_recall@{k}']:.4f}, " \
+                    f"ndcg@{k} {s[f'popularity_ndcg@{k}']:.4f})"
+        lines.append(line)
+    if ks and f"cold_recall@{ks[0]}" in s:
+        k = ks[0]
+        lines.append(f"cold items: recall@{k} {s[f'cold_recall@{k}']:.4f}"
+                     + (f" (popularity fallback {s[f'popularity_cold_recall@{k}']:.4f})"
+                        if f"popularity_cold_recall@{k}" in s else ""))
+    lines.append(f"{s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s = {s['samples_per_s']:,.0f} "
+                 f"samples/s | world size {s['world_size']}\nrun folder: {s['run_dir']}")
+    print("\n".join(lines))
 
 
 def version() -> str:
@@ -286,6 +325,19 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     ex.set_defaults(fn=cmd_export)
+
+    rc = sub.add_parser("recommend", help="the top K unseen items per user from a trained retrieval model",
+                        epilog="Output columns: user, rank, item (raw ids), score, source (model, or popularity "
+                               "for users the data set does not know).")
+    rc.add_argument("--run-dir", required=True, help="a run folder of a retrieval model (mf, ncf, two_tower, lightgcn)")
+    rc.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    rc.add_argument("--k", type=int, required=True, help="items per user")
+    rc.add_argument("--users", default=None,
+                    help="raw user ids to recommend for: a text file (one per line) or a Parquet file with a "
+                         "`user` column (default: every user of the data set)")
+    rc.add_argument("--out", required=True, help="output Parquet file")
+    rc.add_argument("--batch-size", type=int, default=1024, help="users scored against the catalogue at a time")
+    rc.set_defaults(fn=cmd_recommend)
     return p
 
 

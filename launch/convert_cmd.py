@@ -1,8 +1,9 @@
-"""`shardrec convert criteo|movielens|table`: raw click logs -> a shardrec data set.
+"""`shardrec convert criteo|movielens|table|interactions`: raw logs -> a shardrec data set.
 
     shardrec convert criteo --input day_0.gz day_1.gz --out data/criteo --table-size mlperf --test-files day_1
     shardrec convert movielens --input ml-100k --out data/ml100k
     shardrec convert table --input clicks.csv --out data/clicks --label clicked --sparse user,item --dense price
+    shardrec convert interactions --input Beauty.txt --layout user-items --user user --item item --out data/beauty
 """
 
 from __future__ import annotations
@@ -223,9 +224,136 @@ def add_table_parser(kinds) -> None:
     t.set_defaults(fn=cmd_convert_table, uses_torch=False)
 
 
+def _bool(flag: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise UserError(f"{flag} '{text}': expected true or false")
+    return value
+
+
+def cmd_convert_interactions(args: argparse.Namespace, extra: list[str]) -> int:
+    from shardrec.data_pipeline.convert_interactions import convert_interactions
+
+    if extra:
+        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+    schema = convert_interactions(
+        args.input, args.out, args.user, args.item, time=args.time, rating=args.rating, min_rating=args.min_rating,
+        user_features=args.user_features, user_key=args.user_key, user_sparse=args.user_sparse or (),
+        user_multi_hot=args.user_multi_hot or (), item_features=args.item_features, item_key=args.item_key,
+        item_sparse=args.item_sparse or (), item_multi_hot=args.item_multi_hot or (),
+        item_flags=args.item_flags or (), category=args.category, split=args.split, ratios=args.ratios,
+        seed=args.seed, cold_items=args.cold_items, min_user_interactions=args.min_user_interactions,
+        min_item_interactions=args.min_item_interactions, layout=args.layout, delimiter=args.delimiter,
+        header=_bool("--header", args.header), columns=args.columns,
+        user_features_columns=args.user_features_columns, item_features_columns=args.item_features_columns,
+        encoding=args.encoding, overwrite=args.overwrite)
+    inter, src = schema.interactions, schema.source
+    print(_summary(args.out, schema) + f"; {inter['num_users']:,} users, {inter['num_items']:,} items"
+          + (f", {inter['cold_items']:,} cold items (test only)" if inter["cold_items"] else ""))
+    dropped = [f"{n:,} {what}" for n, what in ((src["below_min_rating"], "below --min-rating"),
+                                                 (src["dropped_duplicates"], "duplicate (user, item) pairs"),
+                                                 (src["filtered_rows"], "of rare users or items")) if n]
+    if dropped:
+        print(f"dropped {', '.join(dropped)} of {src['rows_read']:,} rows read")
+    return 0
+
+
+INTERACTIONS_DESCRIPTION = """\
+Implicit feedback (who interacted with what: views, purchases, ratings) -> a data set for
+retrieval models: every row a positive (label 1.0) with user_id and item_id (dense ids in
+order of first appearance), the joined user and item side features and `time`, split per
+user; plus users.parquet and items.parquet (the catalogue, with train_count per item).
+
+Rows are filtered in this order: --min-rating, then duplicate (user, item) pairs (the
+earliest is kept), then --min-user-interactions / --min-item-interactions."""
+
+INTERACTIONS_EPILOG = """\
+examples:
+  shardrec convert interactions --input ratings.csv --user user --item movie --time ts \\
+      --rating rating --min-rating 4 --split leave_last_out --out data/ratings
+  shardrec convert interactions --input Video.txt --columns user,item --header false \\
+      --delimiter ' ' --user user --item item --split leave_last_out --out data/video_games
+  shardrec convert interactions --input Beauty.txt --layout user-items --user user --item item \\
+      --split leave_last_out --out data/beauty"""
+
+
+def add_interactions_parser(kinds) -> None:
+    i = kinds.add_parser("interactions", help="implicit feedback (user, item[, time]) -> a data set for retrieval "
+                                              "models, split per user",
+                         description=INTERACTIONS_DESCRIPTION, epilog=INTERACTIONS_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("--input", nargs="+", action="extend", required=True, metavar="FILE",
+                   help="interaction files: .csv/.tsv/.parquet/.jsonl, or any other delimited text (.txt, .data); "
+                        "optionally .gz; several files are one log, in order")
+    i.add_argument("--out", required=True, metavar="DIR", help="output folder (refused if it exists, unless --overwrite)")
+    g = i.add_argument_group("columns")
+    g.add_argument("--user", required=True, metavar="COL", help="the user id column (any type: read as text)")
+    g.add_argument("--item", required=True, metavar="COL", help="the item id column (any type: read as text)")
+    g.add_argument("--time", default=None, metavar="COL",
+                   help="time of the interaction (numbers or ISO 8601 times); without it the input order (file "
+                        "order, then line order) is each user's time order")
+    g.add_argument("--rating", default=None, metavar="COL", help="a numeric column to filter on with --min-rating")
+    g.add_argument("--min-rating", type=float, default=None, metavar="R",
+                   help="keep rows whose --rating is >= R (without --rating every row is a positive)")
+    g.add_argument("--layout", default="rows", metavar="rows|user-items",
+                   help="rows (default): one interaction per row; user-items: each line 'user item item ...' "
+                        "(whitespace separated, items in time order)")
+    for side in ("user", "item"):
+        g = i.add_argument_group(f"{side} features (joined on the raw {side} id, as text)")
+        g.add_argument(f"--{side}-features", default=None, metavar="FILE", help=f"a table with one row per {side}")
+        g.add_argument(f"--{side}-key", default=None, metavar="COL", help=f"its {side} id column")
+        g.add_argument(f"--{side}-sparse", action="append", default=None, metavar="COL,...",
+                       help="categorical columns: a vocabulary of the whole table in sorted order "
+                            "(0 = missing or unknown, 1..V)")
+        g.add_argument(f"--{side}-multi-hot", action="append", default=None, metavar="COL:SEP,...",
+                       help="columns of SEP-separated tokens (or list columns) -> list features")
+        if side == "item":
+            g.add_argument("--item-flags", action="append", default=None, metavar="NAME=C1,C2,...",
+                           help="a list feature NAME from 0/1 flag columns: 1 + the index of each column that is "
+                                "1 (MovieLens u.item's 19 genre flags); repeatable")
+            g.add_argument("--category", default=None, metavar="FEATURE",
+                           help="the item feature used by the intra-list diversity metric (default: the first "
+                                "item feature)")
+        g.add_argument(f"--{side}-features-columns", default=None, metavar="A,B,...",
+                       help=f"field names of a headerless --{side}-features file")
+    g = i.add_argument_group("filters (one pass each, not iterated)")
+    g.add_argument("--min-user-interactions", type=int, default=0, metavar="N",
+                   help="drop users with fewer than N interactions (counted after --min-rating and duplicates; one "
+                        "pass, not iterated: dropping rare items may leave a kept user with fewer)")
+    g.add_argument("--min-item-interactions", type=int, default=0, metavar="N",
+                   help="drop items with fewer than N interactions (counted like --min-user-interactions, in the "
+                        "same single pass)")
+    g = i.add_argument_group("splits (per user)")
+    g.add_argument("--split", default="random", metavar="random|leave_last_out",
+                   help="random (default): each user's interactions in a seeded random order, cut by --ratios with "
+                        "RecBole's per-user counts; leave_last_out: the last interaction test, the one before it "
+                        "valid, the rest train (users with fewer than 3: all train)")
+    g.add_argument("--ratios", default=None, metavar="TRAIN,VALID,TEST",
+                   help="fractions of each user's interactions for --split random, summing to 1 (default 0.8,0.1,0.1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random split and of --cold-items (default 0)")
+    g.add_argument("--cold-items", type=float, default=0.0, metavar="FRACTION",
+                   help="hold this seeded fraction of the items out of train and valid: all their interactions go "
+                        "to test (they stay in items.parquet with train_count 0)")
+    g = i.add_argument_group("reading")
+    g.add_argument("--delimiter", default=None, metavar="CHAR",
+                   help="field separator of text files ('\\t' or tab for a tab); default ',' for .csv, tab for "
+                        ".tsv, else the most frequent of tab, '|', ',' in the first line (else a space)")
+    g.add_argument("--header", default=None, metavar="true|false",
+                   help="whether text --input files start with a header line (default: true, false with --columns)")
+    g.add_argument("--columns", default=None, metavar="A,B,...", help="field names of headerless --input files")
+    g.add_argument("--encoding", default=None, metavar="NAME",
+                   help="text encoding of every text input and feature file (default utf-8; MovieLens: latin-1)")
+    i.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder (only an empty folder or a shardrec data set)")
+    i.set_defaults(fn=cmd_convert_interactions, uses_torch=False)
+
+
 def add_convert_parser(subparsers) -> None:
-    """Add `convert` with its `criteo`, `movielens` and `table` subcommands to the CLI's subparsers."""
-    conv = subparsers.add_parser("convert", help="convert Criteo TSV, MovieLens or any table to a shardrec data set")
+    """Add `convert` with its `criteo`, `movielens`, `table` and `interactions` subcommands to the CLI's subparsers."""
+    conv = subparsers.add_parser("convert", help="convert Criteo TSV, MovieLens, any table or implicit feedback "
+                                                 "to a shardrec data set")
     kinds = conv.add_subparsers(dest="kind", required=True)
 
     c = kinds.add_parser("criteo", help="Criteo Kaggle / Terabyte TSV (plain or .gz) -> Parquet shards",
@@ -262,3 +390,4 @@ def add_convert_parser(subparsers) -> None:
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     m.set_defaults(fn=cmd_convert_movielens, uses_torch=False)
     add_table_parser(kinds)
+    add_interactions_parser(kinds)

@@ -23,7 +23,8 @@ from doc_commands import Command, commands
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ML100K = ROOT.parent / "shared" / "data" / "movielens_100k"
+SHARED = ROOT.parent / "shared"
+ML100K = SHARED / "data" / "movielens_100k"
 pytestmark = pytest.mark.slow
 
 # Lines of the code blocks that are commands (the rest are output samples and layouts).
@@ -113,6 +114,8 @@ def _prepare(text: str, cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def workspaces(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("docs")
+    if (SHARED / "data").is_dir():  # commands that read ../shared/data/... in place, as from the repository
+        (root / "shared").symlink_to(SHARED)
     return {doc: _workspace(root / doc.replace("/", "_"), tiny_data) for doc in ("README.md", "docs/guide.md")}
 
 
@@ -124,6 +127,8 @@ def test_documented_command_runs(command: Command, workspaces):
     cwd = workspaces[command.doc]
     if "ml-100k" in command.text and not (cwd / "ml-100k").exists():
         pytest.skip(f"the MovieLens 100K sample is not at {ML100K}")
+    if "../shared/data/" in command.text and not (cwd.parent / "shared").exists():
+        pytest.skip(f"the shared data samples are not at {SHARED / 'data'} (../shared/data is CI-only)")
     prepared = _prepare(command.text, cwd)
     if re.search(r"\btiny\b", prepared) and " synth " not in prepared and not (cwd / "data" / "tiny").exists():
         (cwd / "data" / "tiny").symlink_to((cwd / "tiny_data").resolve())

@@ -11,17 +11,37 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from shardrec.configs.errors import UserError
 from shardrec.configs.tree import EarlyStoppingConfig
 
 # Metrics where larger is better; the rest (logloss, ne, mse) are losses.
 LARGER_IS_BETTER = {"auc", "accuracy"}
 
 
+CLICK_METRICS = ("auc", "logloss", "ne", "accuracy", "mse")
+TOPK_METRICS = ("recall", "precision", "f1", "ndcg", "hit", "mrr", "coverage")
+
+
 def direction(cfg: EarlyStoppingConfig) -> str:
-    """"max" or "min" for cfg.metric ("auto": max for auc and accuracy, min for losses)."""
+    """"max" or "min" for cfg.metric ("auto": max for auc, accuracy and top-K metrics, min
+    for losses)."""
     if cfg.mode != "auto":
         return cfg.mode
-    return "max" if cfg.metric in LARGER_IS_BETTER else "min"
+    return "max" if cfg.metric in LARGER_IS_BETTER or "@" in cfg.metric else "min"
+
+
+def check_metric(cfg: EarlyStoppingConfig, retrieval: bool, ks: list[int]) -> None:
+    """A UserError unless cfg.metric is one the run's evaluation reports."""
+    if not cfg.metric:
+        return
+    if retrieval:
+        allowed = [f"{m}@{k}" for m in TOPK_METRICS for k in ks]
+        hint = "a top-K metric of retrieval.ks"
+    else:
+        allowed, hint = list(CLICK_METRICS), "a click metric"
+    if cfg.metric not in allowed:
+        raise UserError(f"config key 'train.early_stopping.metric': '{cfg.metric}' is not {hint}; "
+                        f"choose one of: {', '.join(allowed)}")
 
 
 @dataclass

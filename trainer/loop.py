@@ -22,7 +22,10 @@ from pathlib import Path
 import torch
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import Config
+from shardrec.data_pipeline.interactions import require_interactions
+from shardrec.data_pipeline.negatives import NegativeSampler
 from shardrec.data_pipeline.reader import ShardReader
+from shardrec.data_pipeline.retrieval_reader import RetrievalReader
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
 from shardrec.embeddings.sharding import describe_plan, resume_pins, shard_model
 from shardrec.embeddings.weight_decay import CpuDecoupledDecay
@@ -38,12 +41,14 @@ from shardrec.trainer.checkpoint import (
     save_checkpoint,
 )
 from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
-from shardrec.trainer.early_stopping import EarlyStopping
+from shardrec.trainer.early_stopping import EarlyStopping, check_metric
 from shardrec.trainer.evaluate import evaluate
 from shardrec.trainer.library_logs import log_to_run_folder, stop_logging_to_run_folder
 from shardrec.trainer.optim import lr_multiplier, make_optimizer, make_scheduler
 from shardrec.trainer.progress import Progress
-from shardrec.trainer.registry import build_model
+from shardrec.trainer.registry import build_model, family
+from shardrec.trainer.retrieval_eval import RetrievalData, evaluate_topk
+from shardrec.trainer.retrieval_task import RetrievalTask
 from shardrec.trainer.run_dir import RunDir, default_run_dir
 from shardrec.trainer.task import ClickTask
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
@@ -58,19 +63,41 @@ def run(cfg: Config) -> dict:
         shutdown(env)
 
 
-def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_plan: dict | None = None):
-    """ClickTask(model) built on meta, sharded by embeddings/, with its combined optimizer.
-    `saved_plan` ({table: sharding type}) of a checkpoint to resume keeps each table's
-    optimizer state loadable, at any world size (embeddings.sharding.resume_pins)."""
+def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_plan: dict | None = None,
+                       data: RetrievalData | None = None):
+    """ClickTask(model) (RetrievalTask(model) for a retrieval model, which needs `data`)
+    built on meta, sharded by embeddings/, with its combined optimizer. `saved_plan`
+    ({table: sharding type}) of a checkpoint to resume keeps each table's optimizer state
+    loadable, at any world size (embeddings.sharding.resume_pins)."""
     if cfg.embeddings.weight_decay and cfg.embeddings.weight_decay_mode == "l2" and env.device.type == "cpu":
         raise UserError("config key 'embeddings.weight_decay_mode': l2 needs FBGEMM's CUDA kernels (its CPU kernels "
                         "ignore weight decay); on CPU use --embeddings.weight_decay_mode=decoupled")
     torch.manual_seed(cfg.train.seed)
-    task = ClickTask(build_model(schema, cfg.model, torch.device("meta")), precision=cfg.train.precision,
-                     device_type=env.device.type)
+    model = build_model(schema, cfg.model, torch.device("meta"))
+    if family(cfg.model.name) == "retrieval":
+        task = retrieval_task(model, cfg, schema, data)
+    else:
+        task = ClickTask(model, precision=cfg.train.precision, device_type=env.device.type)
     dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size,
                       resume_pins(saved_plan) if saved_plan else None)
     return dmp, make_optimizer(dmp, cfg.optimizer)
+
+
+def retrieval_task(model, cfg: Config, schema: DatasetSchema, data: RetrievalData | None) -> RetrievalTask:
+    if cfg.train.precision != "fp32":
+        raise UserError(f"config key 'train.precision': retrieval model '{cfg.model.name}' trains in fp32 only")
+    if data is None:
+        data = RetrievalData.load(cfg.dataset.path, schema, [cfg.dataset.train_split])
+    r = cfg.retrieval
+    log_q = None
+    if r.loss == "softmax" and r.logq_correction:
+        log_q = NegativeSampler(r.negatives, data.catalogue.train_count, None, r.popularity_alpha).log_q()
+    return RetrievalTask(model, r.loss, r.negatives, log_q, r.temperature, r.l2)
+
+
+def unwrap(model) -> torch.nn.Module:
+    """The task inside DistributedModelParallel (with its sharded modules)."""
+    return getattr(model, "module", model)
 
 
 def restarted() -> bool:
@@ -160,6 +187,21 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
                        pin_memory=env.device.type == "cuda")
 
 
+def retrieval_train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, data: RetrievalData) -> RetrievalReader:
+    """This rank's (user, item, negative) batches of an interactions data set."""
+    if cfg.dataset.source != "parquet":
+        raise UserError(f"retrieval model '{cfg.model.name}' reads its data set's Parquet files "
+                        "(dataset.source=parquet)")
+    inner = ShardReader(cfg.dataset.path, cfg.dataset.train_split, schema, cfg.train.batch_size,
+                        rank=env.rank, world_size=env.world_size, drop_last=True, prefetch_batches=0,
+                        shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed,
+                        pin_memory=env.device.type == "cuda")
+    r = cfg.retrieval
+    sampler = NegativeSampler(r.negatives, data.catalogue.train_count, data.splits[cfg.dataset.train_split],
+                              r.popularity_alpha)
+    return RetrievalReader(inner, data.catalogue, sampler, cfg.train.seed, cfg.dataset.prefetch_batches)
+
+
 def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:
     return ShardReader(cfg.dataset.path, split or cfg.eval.split, schema, cfg.eval.batch_size,
                        rank=env.rank, world_size=env.world_size, drop_last=False,
@@ -173,13 +215,37 @@ def _threads(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def validate(pipeline, model, reader, env: DistEnv, cfg: Config, run_dir: RunDir, step: int) -> dict:
+def make_scorer(cfg: Config, schema: DatasetSchema, env: DistEnv, data: RetrievalData | None):
+    """score(model, split, final=False) -> metrics over all ranks: click metrics from the
+    split's rows, or the top-K metrics of full ranking for a retrieval model. The readers
+    (and their checks of the split) are made here, before the run folder is touched."""
+    if data is not None:
+        ks = cfg.retrieval.ks
+
+        def score_topk(model, split: str, final: bool = False) -> dict:
+            return evaluate_topk(unwrap(model), data, split, ks, env.device, cfg.retrieval.eval_users_per_chunk,
+                                 baseline=final and cfg.retrieval.popularity_baseline,
+                                 train_split=cfg.dataset.train_split)
+
+        return score_topk
+    validates = cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric
+    readers = {cfg.eval.split: eval_reader(cfg, schema, env)}
+    if validates:
+        readers[cfg.eval.validation_split] = eval_reader(cfg, schema, env, cfg.eval.validation_split)
+
+    def score_clicks(model, split: str, final: bool = False) -> dict:
+        return evaluate(model, readers[split], env.device, cfg.eval.max_batches)
+
+    return score_clicks
+
+
+def validate(pipeline, model, score, env: DistEnv, cfg: Config, run_dir: RunDir, step: int) -> dict:
     """Score the validation split mid-training. The sparse-dist pipeline has rewritten the
     sharded modules' forward for its own batches, so it lets go of the model for the
     evaluation and takes it back after; its in-flight batches are kept."""
     if isinstance(pipeline, TrainPipelineSparseDist):
         pipeline.detach()
-    metrics = evaluate(model, reader, env.device, cfg.eval.max_batches)
+    metrics = score(model, cfg.eval.validation_split)
     run_dir.log({"event": "eval", "split": cfg.eval.validation_split, "step": step, **metrics})
     if isinstance(pipeline, TrainPipelineSparseDist):
         pipeline.attach(model)
@@ -240,10 +306,17 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
     # Everything that can be refused is checked before the run folder is touched.
-    train = train_reader(cfg, schema, env)
-    evaluation = eval_reader(cfg, schema, env)
-    validates = cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric
-    validation = eval_reader(cfg, schema, env, cfg.eval.validation_split) if validates else None
+    retrieval = family(cfg.model.name) == "retrieval"
+    check_metric(cfg.train.early_stopping, retrieval, cfg.retrieval.ks)
+    data = None
+    if retrieval:
+        require_interactions(schema, cfg.dataset.path, cfg.model.name)
+        data = RetrievalData.load(cfg.dataset.path, schema,
+                                  [cfg.dataset.train_split, cfg.eval.validation_split, cfg.eval.split])
+        train = retrieval_train_reader(cfg, schema, env, data)
+    else:
+        train = train_reader(cfg, schema, env)
+    score = make_scorer(cfg, schema, env, data)
     if not cfg.run_dir:
         # Rank 0 names the folder (a timestamp could differ between ranks) and tells the rest.
         name = [default_run_dir(cfg)]
@@ -256,15 +329,14 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     say(env, f"data {cfg.dataset.path}: {len(train):,} steps per epoch of {cfg.train.batch_size * env.world_size:,} "
              f"rows; building {cfg.model.name}/{cfg.model.flavor} and sharding the tables of {len(schema.sparse)} features "
              f"over {env.world_size} x {env.device.type}" + (f"; resuming {resume_from}" if resume_from else ""))
-    model, optimizer = build_sharded_task(schema, cfg, env, saved_plan)
+    model, optimizer = build_sharded_task(schema, cfg, env, saved_plan, data)
     expected = fingerprint(cfg.model, schema)
     try:
         on_rank0(env, lambda: open_run_dir(cfg, run_dir, expected, env.world_size, resume_from))
         log_to_run_folder(run_dir.path, env.rank)  # rank 0 made the folder (on_rank0 waited for it)
         run_dir.write_config(cfg)
         try:
-            return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer,
-                          train, evaluation, validation)
+            return _train(cfg, env, schema, expected, run_dir, resume_from, model, optimizer, train, score)
         except UserError as e:
             run_dir.log({"event": "error", "message": str(e)})  # the run folder says why it stopped
             raise
@@ -285,7 +357,7 @@ def _peek(path: Path | None) -> tuple[str | None, dict | None]:
 
 
 def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run_dir: RunDir,
-           resume_from: str | None, model, optimizer, train, evaluation, validation) -> dict:
+           resume_from: str | None, model, optimizer, train, score) -> dict:
     scheduler = make_scheduler(optimizer, cfg.optimizer)
     global_batch = cfg.train.batch_size * env.world_size
     plan = describe_plan(model)
@@ -310,7 +382,8 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     if resume_from:
         stopping.load_state_dict(read_info(Path(resume_from)).get("early_stopping"))
     # Validation after every epoch: asked for, or what early stopping does without every_steps.
-    epoch_validation = validation is not None and (cfg.eval.every_epoch or not cfg.eval.every_steps)
+    validates = cfg.eval.every_steps or cfg.eval.every_epoch or stopping.enabled
+    epoch_validation = bool(validates) and (cfg.eval.every_epoch or not cfg.eval.every_steps)
 
     def save(in_epoch: int, root: Path = run_dir.checkpoints, keep: int = cfg.checkpoint.keep) -> None:
         save_checkpoint(root, step, model, optimizer, {**info, "loss": value, "reader": train.state_dict(in_epoch),
@@ -320,7 +393,7 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
 
     def validate_and_decide(in_epoch: int) -> bool:
         """Score the validation split; keep the best weights; True: stop training."""
-        metrics = validate(pipeline, model, validation, env, cfg, run_dir, step)
+        metrics = validate(pipeline, model, score, env, cfg, run_dir, step)
         if not stopping.enabled:
             return False
         improved, stop = stopping.update(metrics, step)
@@ -366,6 +439,10 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
             if stopped:
                 break
         batches.close()
+        if isinstance(pipeline, TrainPipelineBase):
+            # TrainPipelineBase stays "stopped" after its iterator ran out, and would end every
+            # later epoch at once; (TrainPipelineSparseDist takes each new iterator itself).
+            pipeline.reset()
         if epoch_validation and not stopped:
             stopped = validate_and_decide(in_epoch)
     if stopping.enabled and not stopped and stopping.best_step != step and not epoch_validation:
@@ -387,7 +464,7 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
         if best is None:
             raise UserError(f"early stopping: no complete best checkpoint in {run_dir.checkpoints / BEST}")
         scored = load_checkpoint(best, model, expected)["step"]
-    metrics = evaluate(model, evaluation, env.device, cfg.eval.max_batches)
+    metrics = score(model, cfg.eval.split, final=True)
     run_dir.log({"event": "eval", "split": cfg.eval.split, "step": step, "checkpoint_step": scored, **metrics})
 
     summary = {
@@ -395,10 +472,7 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
         "steps": step, "samples": step * global_batch, "wall_s": round(wall, 3),
         # Of this session only: a resumed run counts the steps it ran itself.
         "samples_per_s": round((step - start_step) * global_batch / wall, 1) if wall > 0 else 0.0,
-        "auc": metrics["auc"], "logloss": metrics["logloss"], "ne": metrics["ne"],
-        "calibration": metrics["calibration"], "accuracy": metrics["accuracy"], "mse": metrics["mse"],
-        "label_rate": metrics["label_rate"], "eval_split": cfg.eval.split,
-        "eval_rows": metrics["rows"], "run_dir": str(run_dir.path),
+        **summary_metrics(metrics), "eval_split": cfg.eval.split, "run_dir": str(run_dir.path),
         "plan": plan,
     }
     if cfg.eval.split in schema.teacher_auc:
@@ -408,6 +482,14 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
                         "best_value": stopping.best_value, "stopped_early": stopped})
     run_dir.write_summary(summary)
     return summary
+
+
+def summary_metrics(metrics: dict) -> dict:
+    """The final evaluation's entries of summary.json: click metrics, or every top-K one."""
+    if "auc" not in metrics:
+        return dict(metrics)
+    keys = ("auc", "logloss", "ne", "calibration", "accuracy", "mse", "label_rate")
+    return {**{k: metrics[k] for k in keys}, "eval_rows": metrics["rows"]}
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | None = None, split: str | None = None) -> dict:
@@ -423,7 +505,15 @@ def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, spli
     torch.set_num_threads(_threads(cfg))
     schema = load_schema(cfg.dataset.path)
     path = resolve_checkpoint(Path(cfg.run_dir), checkpoint)
-    model, _ = build_sharded_task(schema, cfg, env)
+    split = split or cfg.eval.split
+    data = None
+    if family(cfg.model.name) == "retrieval":
+        require_interactions(schema, cfg.dataset.path, cfg.model.name)
+        data = RetrievalData.load(cfg.dataset.path, schema, [cfg.dataset.train_split, cfg.eval.validation_split, split])
+    model, _ = build_sharded_task(schema, cfg, env, data=data)
     state = load_checkpoint(path, model, fingerprint(cfg.model, schema))
-    metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
+    if data is not None:
+        metrics = make_scorer(cfg, schema, env, data)(model, split, final=True)
+    else:
+        metrics = evaluate(model, eval_reader(cfg, schema, env, split), env.device, cfg.eval.max_batches)
     return {"checkpoint": str(path), "step": state["step"], "split": split or cfg.eval.split, **metrics}

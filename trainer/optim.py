@@ -22,6 +22,8 @@ DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "ada
 
 def make_optimizer(model: DistributedModelParallel, cfg: OptimizerConfig) -> CombinedOptimizer:
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    if not dense_params:  # e.g. matrix factorisation: every parameter is a table
+        return DenseAndFusedOptimizer([model.fused_optimizer])
     cls = DENSE_OPTIMIZERS[cfg.name]
     # fused=True: one kernel over all parameters instead of torch's foreach ops (a few % of
     # a DLRM step on CPU, bench/bench_train.py); CPU and CUDA both have it for these three.

@@ -20,7 +20,17 @@ import torch
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import ModelConfig
 from shardrec.data_pipeline.schema import DatasetSchema
-from shardrec.trainer.models import baselines, dcn, deepfm, dlrm, dlrm_dcn, wide_deep, xdeepfm
+from shardrec.trainer.models import (
+    baselines,
+    dcn,
+    deepfm,
+    dlrm,
+    dlrm_dcn,
+    lightgcn,
+    retrieval,
+    wide_deep,
+    xdeepfm,
+)
 from shardrec.trainer.models.common import LearnedDenseVector
 from torch import nn
 from torchrec.modules.mlp import Perceptron
@@ -32,6 +42,9 @@ class ModelSpec:
     flavors: dict[str, Any]
     # A baseline: what the zoo's models are compared against (bench/bench_models.py).
     baseline: bool = False
+    # "ranking": (dense, KJT) -> logits on click data, trained by ClickTask; "retrieval":
+    # KJT -> (user, item, negative, reg) on interactions data, trained by RetrievalTask.
+    family: str = "ranking"
 
 
 def _dlrm_family(build: Callable[[DatasetSchema, Any, torch.device], nn.Module]):
@@ -61,7 +74,18 @@ MODELS: dict[str, ModelSpec] = {
     "lr": ModelSpec(baselines.build_lr, baselines.LR_FLAVORS, baseline=True),
     "fm": ModelSpec(baselines.build_fm, baselines.FM_FLAVORS, baseline=True),
     "dnn": ModelSpec(baselines.build_dnn, baselines.DNN_FLAVORS, baseline=True),
+    "mf": ModelSpec(retrieval.build_mf, retrieval.MF_FLAVORS, family="retrieval"),
+    "ncf": ModelSpec(retrieval.build_ncf, retrieval.NEUMF_FLAVORS, family="retrieval"),
+    "two_tower": ModelSpec(retrieval.build_two_tower, retrieval.TWO_TOWER_FLAVORS, family="retrieval"),
+    "lightgcn": ModelSpec(lightgcn.build_lightgcn, lightgcn.LIGHTGCN_FLAVORS, family="retrieval"),
 }
+
+
+def family(name: str) -> str:
+    """"ranking" or "retrieval" for a registered model name (ranking for unknown names, which
+    build_model refuses with the list of models)."""
+    spec = MODELS.get(name)
+    return spec.family if spec else "ranking"
 
 
 def add_flavor(model: str, name: str, flavor: Any) -> None:

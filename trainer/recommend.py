@@ -1,0 +1,134 @@
+"""`shardrec recommend`: the top K unseen items per user from a trained retrieval model.
+
+The checkpoint loads into the run's model as plain CPU modules (DCP reassembles the tables
+whatever world size wrote them). Item vectors are computed once for the whole catalogue;
+users go through in chunks, each chunk scored against every item with torch (brute force:
+exact; U x I x d multiply-adds, so about a second per 10^10 on one core), their known
+interactions (every split of the data set) excluded, and its rows appended to the output
+Parquet file, written under a temporary name and renamed at the end. Users named in
+--users that the data set does not know get the most popular items (source =
+"popularity"), the fallback for users with no history.
+
+Output columns: user (the raw id), rank (1..K), item (raw id), score (float32), source.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from shardrec.configs.errors import UserError
+from shardrec.configs.loader import load_config
+from shardrec.data_pipeline.interactions import (
+    UserItems,
+    load_catalogue,
+    require_interactions,
+    split_pairs,
+)
+from shardrec.data_pipeline.schema import load_schema
+from shardrec.trainer.checkpoint import fingerprint, load_checkpoint, resolve_checkpoint
+from shardrec.trainer.registry import build_model, family
+from shardrec.trainer.retrieval_eval import item_vectors
+from shardrec.trainer.retrieval_task import RetrievalTask
+from shardrec.trainer.topk_metrics import topk_lists
+
+SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()), ("score", pa.float32()),
+                    ("source", pa.string())])
+
+
+def _users(path: str | None, raw: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """(known user indices, unknown raw ids) of the users in `path` (a text file of one id
+    per line, or CSV/Parquet with a `user` column), or every user when path is None."""
+    if path is None:
+        return np.arange(len(raw), dtype=np.int64), []
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--users '{p}' does not exist")
+    if p.suffix == ".parquet":
+        table = pq.read_table(p)
+        if "user" not in table.column_names:
+            raise UserError(f"{p}: no column 'user' (columns: {', '.join(table.column_names)})")
+        wanted = pc.cast(table.column("user"), pa.string()).combine_chunks()
+    else:
+        lines = [line.strip() for line in p.read_text().splitlines()]
+        if lines and lines[0] == "user":  # a one-column CSV with its header
+            lines = lines[1:]
+        wanted = pa.array([s for s in lines if s], pa.string())
+    idx = pc.index_in(wanted, value_set=raw).to_numpy(zero_copy_only=False)
+    known = ~np.isnan(idx.astype(np.float64))
+    unknown = wanted.filter(pa.array(~known)).to_pylist()
+    return idx[known].astype(np.int64), unknown
+
+
+def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoint: str | None = None,
+              chunk: int = 1024) -> int:
+    """Write the top-k lists to `out`; returns the number of users written."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"'{run}' is not a run folder (no config.yaml)")
+    cfg = load_config(str(run / "config.yaml"))
+    if family(cfg.model.name) != "retrieval":
+        raise UserError(f"'{run}' trained '{cfg.model.name}', a ranking model; `recommend` needs a retrieval model "
+                        "(mf, ncf, two_tower, lightgcn); score rows with `shardrec predict`")
+    schema = load_schema(cfg.dataset.path)
+    require_interactions(schema, cfg.dataset.path, cfg.model.name)
+    cat = load_catalogue(cfg.dataset.path, schema)
+    if not 1 <= k <= cat.num_items:
+        raise UserError(f"--k must be between 1 and the catalogue size ({cat.num_items:,}), got {k}")
+    task = RetrievalTask(build_model(schema, cfg.model, torch.device("cpu")), cfg.retrieval.loss,
+                         cfg.retrieval.negatives, None)
+    path = resolve_checkpoint(run, checkpoint)
+    load_checkpoint(path, task, fingerprint(cfg.model, schema))
+    task.eval()
+    known = [split_pairs(cfg.dataset.path, s) for s in schema.splits]
+    seen = UserItems(np.concatenate([u for u, _ in known]), np.concatenate([i for _, i in known]), cat.num_users)
+    raw_users = cat.users.column("raw_user").combine_chunks().cast(pa.string())
+    raw_items = cat.items.column("raw_item").combine_chunks().cast(pa.string())
+    chosen, unknown = _users(users, raw_users)
+    items = item_vectors(task, cat, torch.device("cpu"), 65536)
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    written = 0
+    try:
+        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+            for start in range(0, len(chosen), chunk):
+                u = chosen[start:start + chunk]
+                zeros = np.zeros(len(u), dtype=np.int64)
+                with torch.no_grad():
+                    scores = task.model.score_all(task.encode(cat.kjt(u, zeros, zeros))[0], items).float()
+                top = topk_lists(scores, k, seen.mask(u, cat.num_items))
+                writer.write_table(_rows(raw_users.take(pa.array(u)), top, scores.gather(1, top.clamp(min=0)),
+                                         raw_items, "model"))
+                written += len(u)
+            if unknown:
+                order = np.argsort(-cat.train_count, kind="stable")[:k]
+                top = torch.from_numpy(np.tile(order, (len(unknown), 1)))
+                score = torch.from_numpy(np.tile(cat.train_count[order].astype(np.float32), (len(unknown), 1)))
+                writer.write_table(_rows(pa.array(unknown, pa.string()), top, score, raw_items, "popularity"))
+                written += len(unknown)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _rows(users: pa.Array, top: torch.Tensor, scores: torch.Tensor, raw_items: pa.Array, source: str) -> pa.Table:
+    """Long format: one row per (user, rank); positions a user has no item for are dropped."""
+    n, k = top.shape
+    valid = (top >= 0).numpy().ravel()
+    user_idx = np.repeat(np.arange(n), k)[valid]
+    items = top.numpy().ravel()[valid]
+    return pa.table({
+        "user": users.take(pa.array(user_idx)),
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid]),
+        "item": raw_items.take(pa.array(items)),
+        "score": pa.array(scores.numpy().ravel()[valid].astype(np.float32)),
+        "source": pa.array([source] * len(items), pa.string()),
+    }, schema=SCHEMA)
