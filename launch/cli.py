@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from shardrec.configs.errors import UserError
@@ -89,12 +90,13 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     if not config.is_file():
         raise UserError(f"'{args.run_dir}' is not a run folder (no config.yaml)")
     cfg = load_config(str(config), extra + [f"--run_dir={args.run_dir}"])
-    print(json.dumps(evaluate_checkpoint(cfg, args.checkpoint, args.split), indent=2))
+    metrics = evaluate_checkpoint(cfg, args.checkpoint, args.split)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has the same metrics
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
-    import os
 
     from shardrec.trainer.predict import predict
 

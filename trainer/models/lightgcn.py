@@ -47,7 +47,8 @@ def normalized_adjacency(users: np.ndarray, items: np.ndarray, num_users: int, n
     deg = np.bincount(rows, minlength=n).astype(np.float64)
     inv = np.where(deg > 0, deg, 1.0) ** -0.5
     vals = (inv[rows] * inv[cols]).astype(np.float32)
-    return torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(vals), (n, n)).coalesce()
+    return torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(vals), (n, n),
+                                   check_invariants=False).coalesce()
 
 
 class LightGCN(DotModel):
