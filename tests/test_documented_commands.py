@@ -47,6 +47,8 @@ SUBSTITUTIONS = [
     (r"--nproc_per_node=\d+", "--nproc_per_node=2"),
     (r"--dataset\.path=/\S+", "--dataset.path=data/tiny"),  # a cluster path: the tiny stand-in
     (r" \.\.\. ", " "),                                      # "day_0.gz day_1.gz ... --out"
+    # Retrieval presets train for minutes (up to 300 epochs): one epoch shows the command works.
+    (r"--config (mf|ncf|two_tower|lightgcn)_movielens", r"--config \1_movielens --train.epochs=1"),
 ]
 
 
