@@ -158,3 +158,12 @@ def test_early_stopping_metric_must_suit_the_model(clustered, tiny_data, tmp_pat
         run(cfg)
     with pytest.raises(UserError, match="trains on implicit feedback, but .* is a click data set"):
         _train("mf", tiny_data, tmp_path / "c")
+
+
+@pytest.mark.parametrize("model", ["mf", "ncf", "two_tower", "lightgcn"])
+def test_presets_open_with_the_command_that_makes_their_data(model):
+    lines = (ROOT / "configs" / f"{model}_movielens.yaml").read_text().splitlines()
+    command = next(line[2:] for line in lines[:5] if line.startswith("# shardrec convert interactions "))
+    words = command.split()
+    assert words[-2] == "--out" and "../shared/data/movielens_100k/u.data" in words
+    assert load_config(f"{model}_movielens").dataset.path == words[-1]
