@@ -26,7 +26,7 @@ from shardrec.configs.loader import dump_yaml, load_config
 from shardrec.configs.tree import Config
 from shardrec.data_pipeline.schema import SCHEMA_FILE, DatasetSchema, load_schema
 from shardrec.trainer.checkpoint import fingerprint, load_checkpoint, resolve_checkpoint
-from shardrec.trainer.registry import build_model
+from shardrec.trainer.registry import build_model, family
 from shardrec.trainer.task import ClickTask
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -63,6 +63,9 @@ def load_unsharded(run_dir: str | Path, checkpoint: str | None = None) -> Loaded
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml)")
     cfg = load_config(str(run_dir / "config.yaml"))
+    if family(cfg.model.name) == "retrieval":
+        raise UserError(f"'{run_dir}' trained the retrieval model '{cfg.model.name}': export and predict take "
+                        "ranking models; `shardrec recommend --run-dir ... --k K --out FILE` serves its top-K lists")
     schema = load_schema(cfg.dataset.path)
     path = resolve_checkpoint(run_dir, checkpoint)
     task = ClickTask(build_model(schema, cfg.model, torch.device("cpu")))

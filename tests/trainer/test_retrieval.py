@@ -167,3 +167,12 @@ def test_presets_open_with_the_command_that_makes_their_data(model):
     words = command.split()
     assert words[-2] == "--out" and "../shared/data/movielens_100k/u.data" in words
     assert load_config(f"{model}_movielens").dataset.path == words[-1]
+
+
+def test_export_and_predict_point_a_retrieval_run_to_recommend(mf_run, tmp_path):
+    from shardrec.trainer.export import export_run
+
+    run_dir, _ = mf_run
+    with pytest.raises(UserError, match="`shardrec recommend --run-dir"):
+        export_run(run_dir, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
