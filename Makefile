@@ -41,9 +41,11 @@ demo: $(STAMP) $(DEMO_DATA)/schema.json
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# Fault-injection loops (minutes each; results in docs/reliability.md): a worker killed
+# The tests marked `long` (a real Ray head and `ray job submit`), then the fault-injection
+# loops (minutes each; results in docs/reliability.md): a worker killed
 # mid-run must come back with the weights of an uninterrupted run, every time.
 test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -m long tests
 	$(BIN)/python bench/fault_loop.py --launcher torchrun --runs 10
 	$(BIN)/python bench/fault_loop.py --launcher ray --runs 3
 

@@ -27,7 +27,9 @@ import pytest
 from doc_commands import commands
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# A real Ray head takes 2-4 minutes: `make test-long` runs it, `make test` keeps the local-head
+# Ray Train tests (tests/launch/test_ray.py).
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def _free_ports(n: int) -> list[int]:
