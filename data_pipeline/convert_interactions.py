@@ -22,7 +22,12 @@ Steps, all vectorised over rows (numpy / Arrow):
      `leave_last_out` (last -> test, second to last -> valid; users with fewer than 3
      interactions all train). --cold-items F holds a seeded fraction F of the items out of
      train and valid: all their rows go to test.
-  6. write DIR/{train,valid,test}/part-00000.parquet (rows sorted by user_id, time; row groups
+  6. --history N: every row of every split gets `hist_item_id`, the user's previous up to N
+     items strictly before it in the user's whole timeline (all splits; by time, ties by
+     input order: the order of step 5), oldest first; --history-features F,... adds
+     `hist_<F>`, item feature F (one-hot) of each of those items. Sequence features of
+     schema.json (sequence_of item_id / F, max_length N), listed in interactions["history"].
+  7. write DIR/{train,valid,test}/part-00000.parquet (rows sorted by user_id, time; row groups
      of 8192 rows), DIR/users.parquet, DIR/items.parquet and DIR/schema.json (last), through
      a staging folder renamed at the end (convert_common.staging).
 """
@@ -63,6 +68,8 @@ SPLIT_MODES = ("random", "leave_last_out")
 LAYOUTS = ("rows", "user-items")
 USERS_FILE, ITEMS_FILE = "users.parquet", "items.parquet"
 RESERVED = ("label", "user_id", "item_id", "time", "raw_user", "raw_item", "train_count")
+RESERVED_PREFIXES = ("neg_", "hist_")  # negatives (data_pipeline/interactions.py), histories (--history)
+HIST = "hist_"
 
 
 def parse_ratios(text: str | Sequence[float]) -> tuple[float, float, float]:
@@ -101,6 +108,50 @@ def _first_appearance(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndar
     lut = np.full(size, -1, np.int64)
     lut[order] = np.arange(len(order))
     return lut[codes], order
+
+
+def history_index(group: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by (group, time): each row's previous up to `n` rows of its group, oldest
+    first, as (offsets (R + 1,) int64, row indices (offsets[-1],) int64): row r at position p
+    in its group gets rows r - min(p, n) .. r - 1. Vectorised: one cumsum, one repeat."""
+    rows = len(group)
+    first = np.ones(rows, bool)
+    first[1:] = group[1:] != group[:-1]
+    pos = np.arange(rows) - np.maximum.accumulate(np.where(first, np.arange(rows), 0))
+    length = np.minimum(pos, n)
+    offsets = np.zeros(rows + 1, np.int64)
+    np.cumsum(length, out=offsets[1:])
+    # value j of row r is row (r - length[r]) + (j - offsets[r])
+    idx = np.arange(offsets[-1]) + np.repeat(np.arange(rows) - length - offsets[:-1], length)
+    return offsets, idx
+
+
+def history_column(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    """A list<int64> column from history_index's offsets and the values at its indices."""
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise UserError(f"--history: {int(offsets[-1]):,} history ids in all, more than a Parquet list column "
+                        "holds (2^31 - 1); lower --history")
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.int64()))
+
+
+def _history_options(history, history_features, item_specs: list[FeatureSpec]) -> tuple[int, list[str]]:
+    """--history N (int >= 0) and --history-features: one-hot item features, N > 0."""
+    if isinstance(history, bool) or int(history) != history or history < 0:
+        raise UserError(f"--history must be a non-negative integer (the most previous items per row), got {history!r}")
+    names = split_names(history_features)
+    if names and not history:
+        raise UserError("--history-features needs --history N (the number of previous items per row)")
+    kinds = {s.name: s.kind for s in item_specs}
+    for n in names:
+        if n not in kinds:
+            raise UserError(f"--history-features '{n}': not an item feature (item features: "
+                            f"{', '.join(kinds) or 'none'})")
+        if kinds[n] != "sparse":
+            raise UserError(f"--history-features '{n}': a multi-hot item feature; a history holds one id per "
+                            "item, so only one-hot item features (--item-sparse) can be in it")
+        if names.count(n) > 1:
+            raise UserError(f"--history-features '{n}' is named twice")
+    return int(history), names
 
 
 def _codes(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -167,7 +218,8 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
                          cold_items: float = 0.0, min_user_interactions: int = 0, min_item_interactions: int = 0,
                          layout: str = "rows", delimiter: str | None = None, header: bool | None = None,
                          columns=None, user_features_columns=None, item_features_columns=None,
-                         encoding: str | None = None, overwrite: bool = False) -> DatasetSchema:
+                         encoding: str | None = None, history: int = 0, history_features=(),
+                         overwrite: bool = False) -> DatasetSchema:
     """Convert interaction files into the data set folder `out` (see the module docstring)."""
     started = clock.perf_counter()
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
@@ -201,9 +253,9 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
     item_specs = feature_specs("item", item_sparse, item_multi_hot, item_flags)
     names = [s.name for s in user_specs + item_specs]
     for n in names:
-        if n in RESERVED or n.startswith("neg_"):
+        if n in RESERVED or n.startswith(RESERVED_PREFIXES):
             raise UserError(f"feature name '{n}' is reserved (user_id, item_id, label, time, raw_user, raw_item, "
-                            "train_count and neg_*); rename the column with --user/item-features-columns")
+                            "train_count, neg_* and hist_*); rename the column with --user/item-features-columns")
         if names.count(n) > 1:
             raise UserError(f"feature '{n}' is named twice; each user and item feature needs its own name")
     item_names = [s.name for s in item_specs]
@@ -211,6 +263,7 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
         raise UserError(f"--category '{category}': not an item feature (item features: "
                         f"{', '.join(item_names) or 'none'})")
     category = category or (item_names[0] if item_names else None)
+    history, history_features = _history_options(history, history_features, item_specs)
     check_output_folder(Path(out), overwrite)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with staging(out, overwrite) as tmp:
@@ -284,17 +337,28 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
         train_count = np.bincount(iid[which == 0], minlength=num_items)
         if not train_count.sum():
             raise UserError("no interactions left for the train split (too many --cold-items?)")
-        # 6. write
+        # 6. histories over each user's whole timeline (rows are in (user, time, input order))
+        hist_cols, hist_feats = {}, []
+        if history:
+            offsets, idx = history_index(uid, history)
+            hist_items = iid[idx]
+            hist_cols[HIST + "item_id"] = history_column(offsets, hist_items)
+            hist_feats.append(SparseFeature(HIST + "item_id", num_items, True, "item_id", history))
+            sizes = {e.spec.name: e.num_embeddings for e in i_enc}
+            for name in history_features:
+                hist_cols[HIST + name] = history_column(offsets, item_cols[name][hist_items])
+                hist_feats.append(SparseFeature(HIST + name, sizes[name], True, name, history))
+        # 7. write
         out_time = np.floor(t[rows_sorted]).astype(np.int64)
         table = {"label": pa.array(np.ones(len(uid), np.float32)), "user_id": pa.array(uid),
                  "item_id": pa.array(iid),
                  **{n: _column(_take(v, uid)) for n, v in user_cols.items()},
                  **{n: _column(_take(v, iid)) for n, v in item_cols.items()},
-                 "time": pa.array(out_time)}
+                 **hist_cols, "time": pa.array(out_time)}
         encoded: list[Encoded] = u_enc + i_enc
         schema = DatasetSchema(label="label", dense=[], sparse=[
             SparseFeature("user_id", num_users), SparseFeature("item_id", num_items),
-            *[SparseFeature(e.spec.name, e.num_embeddings, e.multi_hot) for e in encoded]])
+            *[SparseFeature(e.spec.name, e.num_embeddings, e.multi_hot) for e in encoded], *hist_feats])
         arrow = schema.arrow_schema().append(pa.field("time", pa.int64()))
         whole = pa.table(table, schema=arrow)
         writer = SplitWriter(tmp, "part-00000.parquet", arrow, ROW_GROUP_ROWS)
@@ -311,7 +375,8 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
             "user": "user_id", "item": "item_id", "user_features": [e.spec.name for e in u_enc],
             "item_features": [e.spec.name for e in i_enc], "num_users": num_users, "num_items": num_items,
             "category": category, "time": "time" if time else None, "split": split, "cold_items": n_cold,
-            "users_file": USERS_FILE, "items_file": ITEMS_FILE}
+            "users_file": USERS_FILE, "items_file": ITEMS_FILE, "history": [f.name for f in hist_feats],
+            "history_length": history}
         options["ratios"] = list(fractions) if split == "random" else None
         schema.source = {
             "converter": CONVERTER, "inputs": [str(p.resolve()) for p in paths], "options": options,

@@ -21,10 +21,15 @@ Columns written (one row per rating):
     release_year   1 + index in the sorted list of years present (from 100K's release date,
                    1M's "Title (1995)")
     genres         multi-hot: indices in GENRES (100K's u.genre order; 1M names map to the same ids)
+    hist_item_id   with history=N > 0 only: the movies the same user rated before this rating (any
+                   rating, whatever its label), at most the last N, oldest first, strictly
+                   before it by timestamp with ties broken by line order; a sequence feature
+                   of item_id (schema.json: sequence_of "item_id", max_length N)
 
 Every sparse feature keeps id 0 for "unknown" (no id is left out of the table). The
 models need at least one dense input, hence the two dense features. Rows are split at
-random with a seeded permutation and written in that shuffled order.
+random with a seeded permutation and written in that shuffled order; the permutation does
+not depend on `history`, so a seed puts the same rows in each split with or without it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 from shardrec.configs.errors import UserError
 from shardrec.data_pipeline.convert_common import SPLITS, SplitWriter, staging
+from shardrec.data_pipeline.convert_interactions import history_column, history_index
 from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
 from shardrec.data_pipeline.synth import split_counts
 
@@ -178,8 +184,9 @@ def read_movielens(input_dir: str | os.PathLike):
                     "nor 1M (ratings.dat, users.dat, movies.dat)")
 
 
-def _schema(users: _Users, items: _Items, num_occupations: int, num_user: int, num_item: int) -> DatasetSchema:
-    return DatasetSchema(
+def _schema(users: _Users, items: _Items, num_occupations: int, num_user: int, num_item: int,
+            history: int = 0) -> DatasetSchema:
+    schema = DatasetSchema(
         label="label",
         dense=["user_age", "rating_time"],
         sparse=[
@@ -190,10 +197,38 @@ def _schema(users: _Users, items: _Items, num_occupations: int, num_user: int, n
             SparseFeature("genres", len(GENRES), multi_hot=True),
         ],
     )
+    if history:
+        schema.sparse.append(SparseFeature("hist_item_id", num_item, multi_hot=True, sequence_of="item_id",
+                                           max_length=history))
+    return schema
+
+
+class _History:
+    """Each rating's history (the user's previous up to N movies, oldest first), by rating
+    index in file order: the ratings sorted by (user, timestamp, line), then
+    history_index; a split's rows take their lists with one gather."""
+
+    def __init__(self, ratings: np.ndarray, n: int):
+        line = np.arange(len(ratings))
+        order = np.lexsort((line, ratings[:, 3], ratings[:, 0]))
+        offsets, idx = history_index(ratings[order, 0], n)
+        self.sorted_items = ratings[order, 1]
+        self.lengths = np.empty(len(ratings), np.int64)
+        self.lengths[order] = np.diff(offsets)
+        self.first = np.empty(len(ratings), np.int64)  # sorted position of the oldest history item
+        self.first[order] = np.arange(len(ratings)) - np.diff(offsets)
+
+    def column(self, rows: np.ndarray) -> pa.ListArray:
+        """hist_item_id of the ratings with indices `rows`, in that order."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        idx = np.arange(offsets[-1]) + np.repeat(self.first[rows] - offsets[:-1], lengths)
+        return history_column(offsets, self.sorted_items[idx])
 
 
 def _table(schema: DatasetSchema, ratings: np.ndarray, users: _Users, items: _Items,
-           t_range: tuple[int, int]) -> pa.Table:
+           t_range: tuple[int, int], history: pa.ListArray | None = None) -> pa.Table:
     """Columns for the given ratings (rows in the given order), vectorized via the lookup arrays."""
     u, m = ratings[:, 0], ratings[:, 1]
     t0, t1 = t_range
@@ -212,14 +247,20 @@ def _table(schema: DatasetSchema, ratings: np.ndarray, users: _Users, items: _It
         "occupation": pa.array(users.occupation[u]), "zip_prefix": pa.array(users.zip[u]),
         "release_year": pa.array(items.year[m]),
         "genres": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64())),
+        **({"hist_item_id": history} if history is not None else {}),
     }
     return pa.table(cols, schema=schema.arrow_schema())
 
 
 def convert_movielens(input_dir: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
                       split: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                      overwrite: bool = False) -> DatasetSchema:
-    """Convert a MovieLens 100K or 1M folder into `out` (train/valid/test + schema.json)."""
+                      overwrite: bool = False, history: int = 0) -> DatasetSchema:
+    """Convert a MovieLens 100K or 1M folder into `out` (train/valid/test + schema.json);
+    history=N > 0 adds hist_item_id (see the module docstring)."""
+    if isinstance(history, bool) or int(history) != history or history < 0:
+        raise UserError(f"--history must be a non-negative integer (the most previous movies per rating), "
+                        f"got {history!r}")
+    history = int(history)
     raw_users, raw_items, ratings, num_occupations, variant = read_movielens(input_dir)
     if len(ratings) < len(SPLITS):
         raise UserError(f"'{input_dir}' has {len(ratings)} ratings, too few to split")
@@ -229,7 +270,8 @@ def convert_movielens(input_dir: str | os.PathLike, out: str | os.PathLike, seed
         if len(bad):
             raise UserError(f"{input_dir}: rating {bad[0] + 1} refers to {what} id {ratings[bad[0], col]}, "
                             f"which the {what} file does not list")
-    schema = _schema(users, items, num_occupations, len(users.age), len(items.year))
+    schema = _schema(users, items, num_occupations, len(users.age), len(items.year), history)
+    hist = _History(ratings, history) if history else None
     t_range = (int(ratings[:, 3].min()), int(ratings[:, 3].max()))
     order = np.random.default_rng(seed).permutation(len(ratings))
     counts = split_counts(len(ratings), tuple(split))
@@ -237,15 +279,18 @@ def convert_movielens(input_dir: str | os.PathLike, out: str | os.PathLike, seed
         writer = SplitWriter(tmp, "part-00000.parquet", schema.arrow_schema(), ROW_GROUP_ROWS)
         start = 0
         for name, n in zip(SPLITS, counts):
-            rows = ratings[order[start:start + n]]
+            picked = order[start:start + n]
             start += n
             if n:
-                writer.write(name, _table(schema, rows, users, items, t_range))
+                writer.write(name, _table(schema, ratings[picked], users, items, t_range,
+                                          hist.column(picked) if hist else None))
                 schema.splits[name] = int(n)
         writer.close()
         schema.source = {"converter": "shardrec convert movielens", "variant": variant,
                          "input": str(Path(input_dir).resolve()), "seed": seed, "split": list(split),
                          "label": "rating >= 4", "ratings": int(len(ratings)),
                          "label_rate": float((ratings[:, 2] >= 4).mean())}
+        if history:  # only then: data sets without a history keep the schema.json they always had
+            schema.source["history"] = history
         write_schema(tmp, schema)
     return schema

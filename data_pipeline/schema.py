@@ -8,6 +8,11 @@ Columns: the label (float32, 0/1), dense features (float32, one column each), sp
 features as int64 (one-hot) or list<int64> (multi-hot). Every sparse id is already in
 [0, num_embeddings). Whatever writes a data set (generator, converter) writes schema.json
 last, so a folder with a schema is complete.
+
+A sequence feature (a behaviour history, `sequence_of` set) is a list<int64> column whose
+ids are events in time order, oldest first, at most `max_length` of them, from the id space
+of the sparse feature `sequence_of` names (so it has that feature's num_embeddings), e.g.
+`hist_item_id` (sequence_of "item_id"): the items the row's user interacted with before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ class SparseFeature:
     num_embeddings: int
     # True: a list<int64> column with 0..n ids per row (pooled); False: one int64 id per row.
     multi_hot: bool = False
+    # Sequence features only: the sparse feature whose id space (and embedding table) this
+    # history shares, and the cap on its list length. A sequence is multi-hot, its ids in
+    # event order, oldest first. None / 0: not a sequence.
+    sequence_of: str | None = None
+    max_length: int = 0
+
+    def to_json(self) -> dict:
+        """The schema.json entry; sequence_of and max_length only when set, so that entries of
+        other features read exactly as before these fields existed."""
+        obj = asdict(self)
+        for key, default in (("sequence_of", None), ("max_length", 0)):
+            if obj[key] == default:
+                del obj[key]
+        return obj
 
 
 @dataclass
@@ -57,6 +76,11 @@ class DatasetSchema:
     def sparse_names(self) -> list[str]:
         return [f.name for f in self.sparse]
 
+    @property
+    def sequences(self) -> list[SparseFeature]:
+        """The sequence (behaviour-history) features, in schema order."""
+        return [f for f in self.sparse if f.sequence_of is not None]
+
     def arrow_schema(self) -> pa.Schema:
         """The Arrow schema every shard of this data set has."""
         fields = [pa.field(self.label, pa.float32())]
@@ -68,6 +92,7 @@ class DatasetSchema:
 
     def to_json(self) -> dict:
         obj = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        obj["sparse"] = [f.to_json() for f in self.sparse]
         if not obj["interactions"]:
             del obj["interactions"]  # click data sets keep the format they always had
         return obj
@@ -92,7 +117,41 @@ class DatasetSchema:
         for f in schema.sparse:
             if f.num_embeddings <= 0:
                 raise UserError(f"{where}: sparse feature '{f.name}' has num_embeddings {f.num_embeddings}, expected > 0")
+        _check_sequences(schema, where)
         return schema
+
+
+def _check_sequences(schema: DatasetSchema, where: str) -> None:
+    """sequence_of names another, non-sequence sparse feature with the same num_embeddings;
+    max_length >= 1 on a sequence, 0 on anything else."""
+    by_name = {f.name: f for f in schema.sparse}
+    for f in schema.sparse:
+        if isinstance(f.max_length, bool) or not isinstance(f.max_length, int) or f.max_length < 0:
+            raise UserError(f"{where}: sparse feature '{f.name}' has max_length {f.max_length!r}, expected an "
+                            "integer >= 0 (the cap on a sequence's length; 0 = not a sequence)")
+        if f.sequence_of is None:
+            if f.max_length:
+                raise UserError(f"{where}: sparse feature '{f.name}' has max_length {f.max_length} but no "
+                                "sequence_of; max_length is for sequence features (name the feature whose ids "
+                                "the sequence holds in sequence_of)")
+            continue
+        target = by_name.get(f.sequence_of) if isinstance(f.sequence_of, str) else None
+        if target is None or target is f:
+            raise UserError(f"{where}: sequence feature '{f.name}' has sequence_of {f.sequence_of!r}, which names no "
+                            f"other sparse feature of this schema (sparse features: {', '.join(by_name)})")
+        if target.sequence_of is not None:
+            raise UserError(f"{where}: sequence feature '{f.name}' has sequence_of '{target.name}', itself a "
+                            "sequence; name the feature whose ids the history holds (e.g. item_id)")
+        if not f.multi_hot:
+            raise UserError(f"{where}: sequence feature '{f.name}' has multi_hot false; a sequence is a list "
+                            "column (multi_hot true)")
+        if f.max_length < 1:
+            raise UserError(f"{where}: sequence feature '{f.name}' has max_length {f.max_length}, expected >= 1 "
+                            "(the cap on its list length)")
+        if f.num_embeddings != target.num_embeddings:
+            raise UserError(f"{where}: sequence feature '{f.name}' has num_embeddings {f.num_embeddings}, but its "
+                            f"sequence_of '{target.name}' has {target.num_embeddings}; a history indexes its "
+                            "target's ids, so the two must be equal")
 
 
 def load_schema(dataset_dir: str | os.PathLike) -> DatasetSchema:

@@ -6,10 +6,12 @@
 A sparse id outside [0, num_embeddings) would be clamped to row 0 by FBGEMM (or crash a
 data-parallel table with a raw index error), and one NaN in a dense column turns the loss
 into NaN: both finish "successfully" with a ruined model unless the input is refused here.
+A sequence feature's list longer than its max_length (schema.json) is refused as well.
 
 Cost: the checks run on the numpy arrays the reader builds anyway (convert_arrow.Block):
 per block one max over the (F, N) one-hot ids and each multi-hot feature's values, read as
-unsigned (so a negative id is out of range too), one `isfinite` over the (N, D) dense matrix, min/max of the labels; nulls were
+unsigned (so a negative id is out of range too), one `isfinite` over the (N, D) dense matrix, min/max of the labels,
+one max over each sequence feature's list lengths (against its max_length); nulls were
 counted by Arrow while the block was built. No per-row Python: only when a check fails is
 the first offending row searched for, to name it. bench/bench_data.py measures the cost.
 """
@@ -120,12 +122,27 @@ def _check_ids(block: Block, where: Where) -> None:
         raise _id_error(where, k, f.name, int(values[v]), f.num_embeddings, int(values.min()), int(values.max()))
 
 
+def _check_lengths(block: Block, where: Where) -> None:
+    """A list longer than its feature's max_length (sequence features) is refused: the
+    lengths are the ones Block took from Arrow's list_value_length, one max per feature."""
+    for idx, (_, lengths, _) in block.multi.items():
+        f = block.schema.sparse[idx]
+        if f.max_length <= 0 or not len(lengths) or int(lengths.max()) <= f.max_length:
+            continue
+        k = _first(lengths > f.max_length)
+        raise BadDataError(f"{where(k)}: sequence column '{f.name}' has a list of {int(lengths[k])} ids, longer than "
+                           f"its max_length {f.max_length} (schema.json); longest in this block "
+                           f"{int(lengths.max())}")
+
+
 def check_block(block: Block, where: Where, on_bad_dense: str = "error") -> Block:
     """Raise `BadDataError` naming file, row group, row, column, value and the allowed range
     when a label is null or outside [0, 1], a dense value is non-finite or null (with
-    `on_bad_dense="zero"`: set to 0 in the block instead, with a warning), or a sparse id is
-    null or outside [0, num_embeddings). Returns the block."""
+    `on_bad_dense="zero"`: set to 0 in the block instead, with a warning), a sparse id is
+    null or outside [0, num_embeddings), or a sequence's list is longer than its max_length.
+    Returns the block."""
     _check_labels(block, where)
     _check_dense(block, where, on_bad_dense)
     _check_ids(block, where)
+    _check_lengths(block, where)
     return block

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import EmbeddingsConfig
 from shardrec.embeddings.sharding import make_planner, make_sharders, planner_inputs
+from shardrec.embeddings.tables import model_table_configs
 from torch import nn
 from torchrec.distributed.planner.types import PlannerError
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 GIB = 1024**3
 # Optimizer state per row, in fp32 values: Adagrad keeps one per weight, row-wise Adagrad one per row.
@@ -52,8 +52,7 @@ def plan_offline(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, devic
     """The plan `train` would make for `world_size` ranks of `device` (same planner inputs:
     embeddings.planner_inputs); memory_gb None = embeddings.memory_gb_per_rank or detected."""
     memory_gb = planner_inputs(model, cfg, device, world_size, memory_gb) / GIB
-    configs = [c for m in model.modules() if isinstance(m, EmbeddingBagCollection)
-               for c in m.embedding_bag_configs()]
+    configs = model_table_configs(model)
     total_memory = memory_gb * world_size
     for c in configs:
         need = table_gib(c.num_embeddings, c.embedding_dim, cfg.optimizer)

@@ -18,7 +18,9 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import EmbeddingsConfig, TableConstraints
+from shardrec.embeddings.tables import model_table_configs
 from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
@@ -31,7 +33,6 @@ from torchrec.distributed.planner.types import (
 )
 from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import DataType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 FUSED_OPTIMIZERS = {
     "sgd": EmbOptimType.EXACT_SGD,
@@ -83,12 +84,13 @@ def fused_params(cfg: EmbeddingsConfig) -> dict:
 
 
 def make_sharders(cfg: EmbeddingsConfig) -> list[ModuleSharder[nn.Module]]:
-    return [EmbeddingBagSharder(fused_params=fused_params(cfg))]
+    # EmbeddingCollections (unpooled: behaviour histories) get TorchRec's own sharder, with
+    # the same fused optimizer.
+    return [EmbeddingBagSharder(fused_params=fused_params(cfg)), EmbeddingCollectionSharder(fused_params=fused_params(cfg))]
 
 
 def table_names(model: nn.Module) -> list[str]:
-    return [c.name for m in model.modules() if isinstance(m, EmbeddingBagCollection)
-            for c in m.embedding_bag_configs()]
+    return [c.name for c in model_table_configs(model)]
 
 
 # Sharding types whose optimizer state has the same keys and shapes: a table may move between
@@ -179,10 +181,8 @@ def set_weights_dtype(model: nn.Module, dtype: str) -> None:
     """Store every table in `dtype` (fp32 / fp16): TorchRec reads the storage type from each
     table config's data_type, so it is set there, before planning, and not in the model."""
     data_type = {"fp32": DataType.FP32, "fp16": DataType.FP16}[dtype]
-    for m in model.modules():
-        if isinstance(m, EmbeddingBagCollection):
-            for c in m.embedding_bag_configs():
-                c.data_type = data_type
+    for c in model_table_configs(model):
+        c.data_type = data_type
 
 
 def memory_gb_per_rank(cfg: EmbeddingsConfig, device_type: str, local_world_size: int) -> float:

@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 from shardrec.data_pipeline.schema import DatasetSchema
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torch import nn
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig, EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+COLLECTIONS = (EmbeddingBagCollection, EmbeddingCollection)
+
+
+def model_table_configs(model: nn.Module) -> list[BaseEmbeddingConfig]:
+    """The configs of every table of a (meta-built) model: pooled (EmbeddingBagCollection)
+    and unpooled (EmbeddingCollection, behaviour histories) alike."""
+    out: list[BaseEmbeddingConfig] = []
+    for m in model.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            out += m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            out += m.embedding_configs()
+    return out
 
 
 def table_name(feature: str) -> str:

@@ -52,8 +52,9 @@ def cmd_convert_movielens(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
     schema = convert_movielens(args.input, args.out, seed=args.seed, split=parse_split(args.split),
-                               overwrite=args.overwrite)
-    print(_summary(args.out, schema) + f"; label rate {schema.source['label_rate']:.4f} (rating >= 4)")
+                               overwrite=args.overwrite, history=args.history)
+    print(_summary(args.out, schema) + f"; label rate {schema.source['label_rate']:.4f} (rating >= 4)"
+          + (f"; hist_item_id of up to {args.history} movies" if args.history else ""))
     return 0
 
 
@@ -248,10 +249,13 @@ def cmd_convert_interactions(args: argparse.Namespace, extra: list[str]) -> int:
         min_item_interactions=args.min_item_interactions, layout=args.layout, delimiter=args.delimiter,
         header=_bool("--header", args.header), columns=args.columns,
         user_features_columns=args.user_features_columns, item_features_columns=args.item_features_columns,
-        encoding=args.encoding, overwrite=args.overwrite)
+        encoding=args.encoding, history=args.history, history_features=args.history_features or (),
+        overwrite=args.overwrite)
     inter, src = schema.interactions, schema.source
     print(_summary(args.out, schema) + f"; {inter['num_users']:,} users, {inter['num_items']:,} items"
-          + (f", {inter['cold_items']:,} cold items (test only)" if inter["cold_items"] else ""))
+          + (f", {inter['cold_items']:,} cold items (test only)" if inter["cold_items"] else "")
+          + (f"; histories of up to {inter['history_length']}: {', '.join(inter['history'])}"
+             if inter["history"] else ""))
     dropped = [f"{n:,} {what}" for n, what in ((src["below_min_rating"], "below --min-rating"),
                                                  (src["dropped_duplicates"], "duplicate (user, item) pairs"),
                                                  (src["filtered_rows"], "of rare users or items")) if n]
@@ -336,6 +340,14 @@ def add_interactions_parser(kinds) -> None:
     g.add_argument("--cold-items", type=float, default=0.0, metavar="FRACTION",
                    help="hold this seeded fraction of the items out of train and valid: all their interactions go "
                         "to test (they stay in items.parquet with train_count 0)")
+    g = i.add_argument_group("behaviour history (sequence features)")
+    g.add_argument("--history", type=int, default=0, metavar="N",
+                   help="give every row of every split hist_item_id: the user's previous up to N items strictly "
+                        "before it (the user's whole timeline over all splits, by --time, ties by input order), "
+                        "oldest first (default 0: none)")
+    g.add_argument("--history-features", action="append", default=None, metavar="F1,F2,...",
+                   help="one-hot item features (--item-sparse) to add as hist_<F>: the feature of each history "
+                        "item, aligned with hist_item_id (needs --history)")
     g = i.add_argument_group("reading")
     g.add_argument("--delimiter", default=None, metavar="CHAR",
                    help="field separator of text files ('\\t' or tab for a tab); default ',' for .csv, tab for "
@@ -387,6 +399,10 @@ def add_convert_parser(subparsers) -> None:
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions of a seeded random split")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--history", type=int, default=0, metavar="N",
+                   help="add hist_item_id: the user's previous up to N rated movies (any rating) strictly before "
+                        "each rating, by timestamp then line order, oldest first (default 0: none); the split "
+                        "is the same with or without it")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     m.set_defaults(fn=cmd_convert_movielens, uses_torch=False)
     add_table_parser(kinds)

@@ -20,8 +20,8 @@ from shardrec.configs.loader import PRESET_DIR
 from shardrec.configs.tree import ModelConfig
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
 from shardrec.data_pipeline.synth import PRESETS, schema_of, spec_from_preset
+from shardrec.embeddings.tables import COLLECTIONS
 from shardrec.trainer.registry import MODELS, build_model
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 DEFAULT_SCHEMA = "criteo-kaggle"
@@ -49,7 +49,7 @@ def presets_using() -> dict[tuple[str, str], list[str]]:
 def parameter_counts(schema: DatasetSchema, name: str, flavor: str) -> tuple[int, int]:
     """(dense parameters, embedding-table parameters) of a model built for `schema`."""
     model = build_model(schema, ModelConfig(name, flavor), torch.device("meta"))
-    tables = {id(p) for m in model.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()}
+    tables = {id(p) for m in model.modules() if isinstance(m, COLLECTIONS) for p in m.parameters()}
     counts = [0, 0]
     for p in model.parameters():
         counts[id(p) in tables] += p.numel()

@@ -46,7 +46,7 @@ from shardrec.trainer.evaluate import evaluate
 from shardrec.trainer.library_logs import log_to_run_folder, stop_logging_to_run_folder
 from shardrec.trainer.optim import lr_multiplier, make_optimizer, make_scheduler
 from shardrec.trainer.progress import Progress
-from shardrec.trainer.registry import build_model, family
+from shardrec.trainer.registry import build_model, family, traceable
 from shardrec.trainer.retrieval_eval import RetrievalData, evaluate_topk
 from shardrec.trainer.retrieval_task import RetrievalTask
 from shardrec.trainer.run_dir import RunDir, default_run_dir
@@ -370,7 +370,11 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     total = min(len(train) * cfg.train.epochs, limit)  # for progress and the ETA
     progress = Progress(total, global_batch, enabled=env.is_main,
                         bar=cfg.train.progress and sys.stderr.isatty(), log_every=cfg.train.log_every)
-    pipeline_cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
+    sparse_dist = cfg.train.pipeline == "sparse_dist"
+    if sparse_dist and not traceable(cfg.model.name):
+        say(env, f"{cfg.model.name} cannot be traced by TrainPipelineSparseDist: training with TrainPipelineBase")
+        sparse_dist = False
+    pipeline_cls = TrainPipelineSparseDist if sparse_dist else TrainPipelineBase
     pipeline = pipeline_cls(model, optimizer, env.device)
 
     step, position = resume(cfg, resume_from, expected, run_dir, model, optimizer, scheduler)

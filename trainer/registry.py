@@ -28,6 +28,7 @@ from shardrec.trainer.models import (
     dlrm_dcn,
     lightgcn,
     retrieval,
+    sequence_ctr,
     wide_deep,
     xdeepfm,
 )
@@ -45,6 +46,10 @@ class ModelSpec:
     # "ranking": (dense, KJT) -> logits on click data, trained by ClickTask; "retrieval":
     # KJT -> (user, item, negative, reg) on interactions data, trained by RetrievalTask.
     family: str = "ranking"
+    # TorchRec's TrainPipelineSparseDist traces the model with torch.fx to find its tables'
+    # inputs; models with data-dependent shapes (padding histories to the batch's longest,
+    # looking up rows of their own) cannot be traced and train under TrainPipelineBase.
+    traceable: bool = True
 
 
 def _dlrm_family(build: Callable[[DatasetSchema, Any, torch.device], nn.Module]):
@@ -74,11 +79,21 @@ MODELS: dict[str, ModelSpec] = {
     "lr": ModelSpec(baselines.build_lr, baselines.LR_FLAVORS, baseline=True),
     "fm": ModelSpec(baselines.build_fm, baselines.FM_FLAVORS, baseline=True),
     "dnn": ModelSpec(baselines.build_dnn, baselines.DNN_FLAVORS, baseline=True),
-    "mf": ModelSpec(retrieval.build_mf, retrieval.MF_FLAVORS, family="retrieval"),
-    "ncf": ModelSpec(retrieval.build_ncf, retrieval.NEUMF_FLAVORS, family="retrieval"),
-    "two_tower": ModelSpec(retrieval.build_two_tower, retrieval.TWO_TOWER_FLAVORS, family="retrieval"),
-    "lightgcn": ModelSpec(lightgcn.build_lightgcn, lightgcn.LIGHTGCN_FLAVORS, family="retrieval"),
+    "din": ModelSpec(sequence_ctr.build_din, sequence_ctr.FLAVORS, traceable=False),
+    "bst": ModelSpec(sequence_ctr.build_bst, sequence_ctr.FLAVORS, traceable=False),
+    "mf": ModelSpec(retrieval.build_mf, retrieval.MF_FLAVORS, family="retrieval", traceable=False),
+    "ncf": ModelSpec(retrieval.build_ncf, retrieval.NEUMF_FLAVORS, family="retrieval", traceable=False),
+    "two_tower": ModelSpec(retrieval.build_two_tower, retrieval.TWO_TOWER_FLAVORS, family="retrieval",
+                           traceable=False),
+    "lightgcn": ModelSpec(lightgcn.build_lightgcn, lightgcn.LIGHTGCN_FLAVORS, family="retrieval",
+                          traceable=False),
 }
+
+
+def traceable(name: str) -> bool:
+    """Whether TrainPipelineSparseDist can trace model `name` (see ModelSpec.traceable)."""
+    spec = MODELS.get(name)
+    return spec.traceable if spec else True
 
 
 def family(name: str) -> str:

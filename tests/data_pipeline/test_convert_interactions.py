@@ -249,13 +249,15 @@ def test_other_formats_sniffing_and_encoding(tmp_path):
     ({"rating": "rating"}, r"--rating COL and --min-rating R go together"),
     ({"user_features": "users.csv", "user_key": "id", "user_sparse": "user_id"}, r"feature name 'user_id' is reserved"),
     ({"item_features": "users.csv", "item_key": "id", "item_sparse": "neg_items"}, r"'neg_items' is reserved"),
+    ({"item_features": "users.csv", "item_key": "id", "item_sparse": "hist_x"}, r"'hist_x' is reserved .*hist_\*"),
+    ({"history": 2, "history_features": "age"}, r"--history-features 'age': not an item feature \(item features: none\)"),
     ({"category": "genre"}, r"--category 'genre': not an item feature \(item features: none\)"),
     ({"cold_items": 1.0}, r"--cold-items 1.0: expected a fraction"),
 ])
 def test_option_errors(tmp_path, monkeypatch, kwargs, message):
     monkeypatch.chdir(tmp_path)
     _csv(tmp_path / "log.csv", "user,item,rating", [("u", "a", 4), ("u", "b", 5), ("v", "a", 3)])
-    _csv(tmp_path / "users.csv", "id,user_id,neg_items", [("u", 1, 2)])
+    _csv(tmp_path / "users.csv", "id,user_id,neg_items,hist_x", [("u", 1, 2, 3)])
     args = {"user": "user", "item": "item", **kwargs}
     with pytest.raises(UserError, match=message):
         convert_interactions([tmp_path / "log.csv"], tmp_path / "d", args.pop("user"), args.pop("item"), **args)

@@ -35,6 +35,7 @@ def test_100k_rows_splits_and_schema(ml100k):
     assert load_schema(out).to_json() == schema.to_json()
     assert schema.splits == {"train": 80_000, "valid": 10_000, "test": 10_000}
     assert [f.name for f in schema.sparse if f.multi_hot] == ["genres"]
+    assert schema.sequences == [] and "history" not in schema.source  # no --history: no hist_item_id
     assert schema.dense == ["user_age", "rating_time"]
     table = _all_rows(out)
     assert table.num_rows == 100_000
