@@ -94,7 +94,8 @@ class LightGCN(DotModel):
         return final[u], final[i], final[n], ego[u].pow(2).sum(-1) + ego[i].pow(2).sum(-1) + ego[n].pow(2).sum(-1)
 
 
-LIGHTGCN_FLAVORS = {"debug": LightGCNFlavor(8, 2), "small": LightGCNFlavor(64, 3)}
+LIGHTGCN_FLAVORS = {"debug": LightGCNFlavor(8, 2), "small": LightGCNFlavor(64, 3), "small_2layers": LightGCNFlavor(64, 2),
+                    "small_1layer": LightGCNFlavor(64, 1)}
 
 
 def build_lightgcn(schema: DatasetSchema, flavor: LightGCNFlavor, device: torch.device) -> LightGCN:
