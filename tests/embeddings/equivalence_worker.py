@@ -28,7 +28,8 @@ from shardrec.embeddings.tables import table_name
 from shardrec.trainer.distributed import init_distributed
 from shardrec.trainer.evaluate import evaluate
 from shardrec.trainer.loop import build_sharded_task
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from shardrec.trainer.registry import traceable
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
 STEPS = 20
 GLOBAL_BATCH = 512
@@ -36,12 +37,20 @@ GLOBAL_BATCH = 512
 
 def config(data_dir: str, schema, case: dict):
     """The tiny preset with SGD everywhere; case = {"all": type} or {"tables": {table: type}}.
+    With case["preset"] (and "overrides"), that preset instead, every table of its model
+    (whatever their names) of type case["all"] at a learning rate of case.get("lr", 0.5).
 
     Column shards are 4 wide, so column-wise plans really split the debug model's 8-wide tables.
     """
-    cfg = load_config("tiny", [f"--dataset.path={data_dir}", "--embeddings.optimizer=sgd",
-                               "--embeddings.lr=0.5", "--optimizer.name=sgd", "--optimizer.lr=0.5",
-                               "--eval.batch_size=512"])
+    lr = case.get("lr", 0.5)
+    common = [f"--dataset.path={data_dir}", "--embeddings.optimizer=sgd", f"--embeddings.lr={lr}",
+              "--optimizer.name=sgd", f"--optimizer.lr={lr}", "--optimizer.weight_decay=0",
+              "--embeddings.weight_decay=0", "--eval.batch_size=512"]
+    if "preset" in case:
+        cfg = load_config(case["preset"], common + list(case.get("overrides", [])))
+        cfg.embeddings.sharding_types = [case["all"]]
+        return cfg
+    cfg = load_config("tiny", common)
     names = [table_name(f.name) for f in schema.sparse]
     chosen = case.get("tables") or {t: case["all"] for t in names}
     cfg.embeddings.tables = {t: TableConstraints(sharding_types=[chosen[t]], min_partition=4) for t in names}
@@ -75,14 +84,16 @@ def worker(rank: int, world_size: int, init_file: str, data_dir: str, init_ckpt:
         dcp.load(state, checkpoint_id=init_ckpt)
         model.load_state_dict(state["model"])
 
-        pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
+        pipelined = traceable(cfg.model.name)
+        pipeline = (TrainPipelineSparseDist if pipelined else TrainPipelineBase)(model, optimizer, env.device)
         it, losses = iter(batches), []
         for _ in range(STEPS):
             loss, _, _ = pipeline.progress(it)
             loss = loss.detach().clone()
             dist.all_reduce(loss)  # equal local batches: the mean of local means is the global mean
             losses.append(float(loss) / world_size)
-        pipeline.detach()
+        if pipelined:
+            pipeline.detach()
         reader = ShardReader(data_dir, "test", schema, cfg.eval.batch_size, rank=rank,
                              world_size=world_size, drop_last=False, prefetch_batches=0)
         metrics = evaluate(model, reader, env.device)
