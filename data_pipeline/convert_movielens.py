@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 from shardrec.configs.errors import UserError
 from shardrec.data_pipeline.convert_common import SPLITS, SplitWriter, staging
-from shardrec.data_pipeline.convert_interactions import history_column, history_index
+from shardrec.data_pipeline.convert_interactions import history_column
 from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature, write_schema
 from shardrec.data_pipeline.synth import split_counts
 
@@ -204,19 +204,28 @@ def _schema(users: _Users, items: _Items, num_occupations: int, num_user: int, n
 
 
 class _History:
-    """Each rating's history (the user's previous up to N movies, oldest first), by rating
-    index in file order: the ratings sorted by (user, timestamp, line), then
-    history_index; a split's rows take their lists with one gather."""
+    """Each rating's history (the user's previous up to N movies, oldest first; with `liked`,
+    only those rated >= 4), by rating index in file order: the ratings sorted by (user,
+    timestamp, line); a row's history is the last min(c, N) of the c candidate ratings of its
+    user strictly before it, found with cumulative counts (no loop over rows); a split's rows
+    take their lists with one gather."""
 
-    def __init__(self, ratings: np.ndarray, n: int):
+    def __init__(self, ratings: np.ndarray, n: int, liked: bool = False):
         line = np.arange(len(ratings))
         order = np.lexsort((line, ratings[:, 3], ratings[:, 0]))
-        offsets, idx = history_index(ratings[order, 0], n)
-        self.sorted_items = ratings[order, 1]
+        users = ratings[order, 0]
+        kept = ratings[order, 2] >= 4 if liked else np.ones(len(order), bool)
+        before = np.cumsum(kept) - kept  # candidates strictly before each sorted row (all users)
+        start = np.ones(len(order), bool)
+        start[1:] = users[1:] != users[:-1]
+        at_start = np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))
+        count = before - before[at_start]  # this user's candidates before the row
+        length = np.minimum(count, n)
+        self.sorted_items = ratings[order, 1][kept]  # the candidates, in (user, time) order
         self.lengths = np.empty(len(ratings), np.int64)
-        self.lengths[order] = np.diff(offsets)
-        self.first = np.empty(len(ratings), np.int64)  # sorted position of the oldest history item
-        self.first[order] = np.arange(len(ratings)) - np.diff(offsets)
+        self.lengths[order] = length
+        self.first = np.empty(len(ratings), np.int64)  # position of the oldest history item
+        self.first[order] = before - length
 
     def column(self, rows: np.ndarray) -> pa.ListArray:
         """hist_item_id of the ratings with indices `rows`, in that order."""
@@ -254,9 +263,12 @@ def _table(schema: DatasetSchema, ratings: np.ndarray, users: _Users, items: _It
 
 def convert_movielens(input_dir: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
                       split: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                      overwrite: bool = False, history: int = 0) -> DatasetSchema:
+                      overwrite: bool = False, history: int = 0, history_of: str = "all") -> DatasetSchema:
     """Convert a MovieLens 100K or 1M folder into `out` (train/valid/test + schema.json);
-    history=N > 0 adds hist_item_id (see the module docstring)."""
+    history=N > 0 adds hist_item_id (see the module docstring); history_of="liked" keeps only
+    the earlier movies the user rated >= 4 (the positive behaviours, as DIN's papers use)."""
+    if history_of not in ("all", "liked"):
+        raise UserError(f"--history-of must be 'all' or 'liked', got {history_of!r}")
     if isinstance(history, bool) or int(history) != history or history < 0:
         raise UserError(f"--history must be a non-negative integer (the most previous movies per rating), "
                         f"got {history!r}")
@@ -271,7 +283,7 @@ def convert_movielens(input_dir: str | os.PathLike, out: str | os.PathLike, seed
             raise UserError(f"{input_dir}: rating {bad[0] + 1} refers to {what} id {ratings[bad[0], col]}, "
                             f"which the {what} file does not list")
     schema = _schema(users, items, num_occupations, len(users.age), len(items.year), history)
-    hist = _History(ratings, history) if history else None
+    hist = _History(ratings, history, liked=history_of == "liked") if history else None
     t_range = (int(ratings[:, 3].min()), int(ratings[:, 3].max()))
     order = np.random.default_rng(seed).permutation(len(ratings))
     counts = split_counts(len(ratings), tuple(split))
@@ -292,5 +304,6 @@ def convert_movielens(input_dir: str | os.PathLike, out: str | os.PathLike, seed
                          "label_rate": float((ratings[:, 2] >= 4).mean())}
         if history:  # only then: data sets without a history keep the schema.json they always had
             schema.source["history"] = history
+            schema.source["history_of"] = history_of
         write_schema(tmp, schema)
     return schema

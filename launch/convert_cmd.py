@@ -52,9 +52,10 @@ def cmd_convert_movielens(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
     schema = convert_movielens(args.input, args.out, seed=args.seed, split=parse_split(args.split),
-                               overwrite=args.overwrite, history=args.history)
+                               overwrite=args.overwrite, history=args.history, history_of=args.history_of)
     print(_summary(args.out, schema) + f"; label rate {schema.source['label_rate']:.4f} (rating >= 4)"
-          + (f"; hist_item_id of up to {args.history} movies" if args.history else ""))
+          + (f"; hist_item_id of up to {args.history} {'liked ' if args.history_of == 'liked' else ''}movies"
+             if args.history else ""))
     return 0
 
 
@@ -403,6 +404,9 @@ def add_convert_parser(subparsers) -> None:
                    help="add hist_item_id: the user's previous up to N rated movies (any rating) strictly before "
                         "each rating, by timestamp then line order, oldest first (default 0: none); the split "
                         "is the same with or without it")
+    m.add_argument("--history-of", choices=["all", "liked"], default="all",
+                   help="which earlier ratings make the history: all, or only the liked ones (rating >= 4, "
+                        "the positive behaviours DIN and BST were published with)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     m.set_defaults(fn=cmd_convert_movielens, uses_torch=False)
     add_table_parser(kinds)

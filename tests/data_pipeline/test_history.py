@@ -465,3 +465,23 @@ def test_a_list_longer_than_max_length_is_refused_with_file_row_group_row_and_co
     with pytest.raises(BadDataError, match=re.escape(f"{path}, row group 1, row 3: sequence column 'hist'")):
         list(reader)
 
+
+
+@pytest.mark.parametrize("n", [1, 3, 50])
+def test_movielens_liked_history_holds_only_earlier_ratings_of_4_or_5(tmp_path, n):
+    ratings = _write_1m(tmp_path / "ml1m")
+    convert_movielens(tmp_path / "ml1m", tmp_path / "all", seed=3, history=n)
+    convert_movielens(tmp_path / "ml1m", tmp_path / "liked", seed=3, history=n, history_of="liked")
+    key = {(u, m): (t, line) for line, (u, m, _, t) in enumerate(ratings)}
+    liked = [(u, m, (t, line)) for line, (u, m, r, t) in enumerate(ratings) if r >= 4]
+    rows = 0
+    for name, table in read_splits(tmp_path / "liked").items():
+        for u, m, hist in zip(*(table.column(c).to_pylist() for c in ("user_id", "item_id", "hist_item_id"))):
+            earlier = sorted((k, it) for uu, it, k in liked if uu == u and k < key[u, m])
+            assert hist == [it for _, it in earlier][max(0, len(earlier) - n):], (name, u, m)
+            rows += 1
+    assert rows == len(ratings)
+    # The same rows in each split as without the filter.
+    for name, table in read_splits(tmp_path / "all").items():
+        assert read_splits(tmp_path / "liked")[name].drop_columns(["hist_item_id"]).equals(
+            table.drop_columns(["hist_item_id"])), name
