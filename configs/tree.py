@@ -241,9 +241,10 @@ class EvalConfig:
 class RetrievalConfig:
     """Retrieval models (mf, ncf, two_tower, lightgcn) on `shardrec convert interactions` data."""
 
-    # bpr: pairwise loss with one negative per positive; softmax: each user's positive item
-    # among the batch's candidates (see `negatives`), with the logQ correction.
-    loss: Literal["bpr", "softmax"] = "bpr"
+    # bpr: pairwise loss with one negative per positive; bce: the positive scored towards 1
+    # and the negative towards 0 (SASRec's); softmax: each user's positive item among the
+    # batch's candidates (see `negatives`), with the logQ correction.
+    loss: Literal["bpr", "bce", "softmax"] = "bpr"
     # Where negatives come from: uniform over the catalogue, popularity (drawn with
     # probability proportional to (training count + 1) ** popularity_alpha), or in_batch (the
     # other rows' positive items; no draw).
@@ -262,6 +263,10 @@ class RetrievalConfig:
     eval_users_per_chunk: PosInt = 1024
     # Also score the popularity baseline in the final evaluation (popularity_* keys).
     popularity_baseline: bool = True
+    # Next-item models (sasrec, gru4rec): items the user never interacted with that each
+    # held-out event is ranked against for hr@K / ndcg@K (the SASRec paper's 100); the
+    # *_full metrics rank it against the whole catalogue.
+    sampled_negatives: PosInt = 100
 
 
 @dataclass

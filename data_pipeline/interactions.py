@@ -25,7 +25,7 @@ import torch
 from shardrec.configs.errors import UserError
 from shardrec.data_pipeline.schema import DatasetSchema, split_files
 from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 NEG = "neg_"
 USER, ITEM = "user_id", "item_id"
@@ -84,8 +84,11 @@ class Catalogue:
             return first.to_numpy(zero_copy_only=False).astype(np.int64)
         return col.to_numpy(zero_copy_only=False).astype(np.int64)
 
-    def kjt(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray) -> KeyedJaggedTensor:
-        """The KJT of B rows (user u_b, item i_b, negative n_b): (B,) int64 indices each."""
+    def kjt(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray,
+            history: dict[str, JaggedTensor] | None = None) -> KeyedJaggedTensor:
+        """The KJT of B rows (user u_b, item i_b, negative n_b): (B,) int64 indices each;
+        `history` ({name: B-row JaggedTensor}) appends behaviour-history keys (sequence
+        models only: every KJT a sharded model sees must have the same keys)."""
         keys, values, lengths = [], [], []
         for key, table, idx in ((USER, self.users, users), (ITEM, self.items, items)):
             keys.append(key)
@@ -97,12 +100,17 @@ class Catalogue:
         values.append(torch.from_numpy(np.ascontiguousarray(negatives, dtype=np.int64)))
         lengths.append(torch.ones(len(negatives), dtype=torch.int32))
         _features(self.items, self.info.get("item_features", []), negatives, keys, values, lengths, prefix=NEG)
+        for name, jt in (history or {}).items():
+            keys.append(name)
+            values.append(jt.values().long())
+            lengths.append(jt.lengths().int())
         return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
 
-    def batch(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray) -> Batch:
+    def batch(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray,
+              history: dict[str, JaggedTensor] | None = None) -> Batch:
         """A torchrec Batch (no dense features, label 1 for every row) around `kjt`."""
         n = len(users)
-        return Batch(dense_features=torch.zeros(n, 0), sparse_features=self.kjt(users, items, negatives),
+        return Batch(dense_features=torch.zeros(n, 0), sparse_features=self.kjt(users, items, negatives, history),
                      labels=torch.ones(n))
 
 
@@ -157,6 +165,12 @@ class UserItems:
         self.num_users = num_users
         # Sorted keys user * I + item for vectorised membership tests (negative sampling).
         self.keys = users[order] * np.int64(2**31) + self.items
+
+    @classmethod
+    def union(cls, parts: list[UserItems]) -> UserItems:
+        """Every interaction of `parts` (the same users)."""
+        users = np.concatenate([p.keys >> 31 for p in parts])
+        return cls(users, np.concatenate([p.items for p in parts]), parts[0].num_users)
 
     def counts(self) -> np.ndarray:
         return np.diff(self.indptr)

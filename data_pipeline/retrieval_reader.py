@@ -23,8 +23,9 @@ class RetrievalReader:
     """Iterable of catalogue Batches; position, epochs and len() are the inner reader's."""
 
     def __init__(self, inner: ShardReader, catalogue: Catalogue, sampler: NegativeSampler, seed: int,
-                 prefetch_batches: int):
+                 prefetch_batches: int, history: tuple[str, ...] = ()):
         self.inner, self.catalogue, self.sampler = inner, catalogue, sampler
+        self.history = history  # behaviour-history columns carried into the batch (sequence models)
         self.seed, self.prefetch_batches = seed, prefetch_batches
         self.inner.prefetch_batches = 0  # the conversion below runs in this reader's prefetch thread
 
@@ -40,7 +41,8 @@ class RetrievalReader:
             kjt = batch.sparse_features
             users, items = kjt[USER].values().numpy(), kjt[ITEM].values().numpy()
             self.sampler.rng = np.random.default_rng([self.seed, self.inner.rank, self.inner.epoch, k])
-            yield self.catalogue.batch(users, items, self.sampler.sample(users, items))
+            history = {h: kjt[h] for h in self.history}
+            yield self.catalogue.batch(users, items, self.sampler.sample(users, items), history)
 
     def __iter__(self) -> Iterator[Batch]:
         return prefetch(self._batches(), self.prefetch_batches)

@@ -181,6 +181,8 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def print_summary(s: dict) -> None:
+    if any(k.startswith("hr@") for k in s):
+        return print_next_item_summary(s)
     if "auc" not in s:
         return print_retrieval_summary(s)
     auc = f"test AUC {s['auc']:.4f}"
@@ -202,6 +204,17 @@ def _best(s: dict) -> str:
         return ""
     return (f" | best valid {s['best_metric']} {s['best_value']:.4f} at step {s['best_step']}"
             + (" (stopped early)" if s["stopped_early"] else ""))
+
+
+def print_next_item_summary(s: dict) -> None:
+    ks = sorted({int(k.split("@")[1]) for k in s if k.startswith("hr@") and not k.endswith("_full")})
+    lines = [f"\n{s['model']}/{s['flavor']}: next item on {s['eval_split']} ({int(s['rows']):,} events)" + _best(s)]
+    for k in ks:
+        lines.append(f"hr@{k} {s[f'hr@{k}']:.4f}  ndcg@{k} {s[f'ndcg@{k}']:.4f} (against sampled negatives)  "
+                     f"hr@{k}_full {s[f'hr@{k}_full']:.4f}  ndcg@{k}_full {s[f'ndcg@{k}_full']:.4f} (whole catalogue)")
+    lines.append(f"{s['steps']} steps, {s['samples']:,} samples in {s['wall_s']:.1f}s = {s['samples_per_s']:,.0f} "
+                 f"samples/s | world size {s['world_size']}\nrun folder: {s['run_dir']}")
+    print("\n".join(lines))
 
 
 def print_retrieval_summary(s: dict) -> None:

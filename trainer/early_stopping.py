@@ -30,11 +30,14 @@ def direction(cfg: EarlyStoppingConfig) -> str:
     return "max" if cfg.metric in LARGER_IS_BETTER or "@" in cfg.metric else "min"
 
 
-def check_metric(cfg: EarlyStoppingConfig, retrieval: bool, ks: list[int]) -> None:
+def check_metric(cfg: EarlyStoppingConfig, retrieval: bool, ks: list[int], next_item: bool = False) -> None:
     """A UserError unless cfg.metric is one the run's evaluation reports."""
     if not cfg.metric:
         return
-    if retrieval:
+    if next_item:
+        allowed = [f"{m}@{k}{s}" for s in ("", "_full") for m in ("hr", "ndcg") for k in ks]
+        hint = "a next-item metric of retrieval.ks"
+    elif retrieval:
         allowed = [f"{m}@{k}" for m in TOPK_METRICS for k in ks]
         hint = "a top-K metric of retrieval.ks"
     else:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import Config
-from shardrec.data_pipeline.interactions import require_interactions
+from shardrec.data_pipeline.interactions import UserItems, require_interactions
 from shardrec.data_pipeline.negatives import NegativeSampler
 from shardrec.data_pipeline.reader import ShardReader
 from shardrec.data_pipeline.retrieval_reader import RetrievalReader
@@ -44,6 +44,8 @@ from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, sh
 from shardrec.trainer.early_stopping import EarlyStopping, check_metric
 from shardrec.trainer.evaluate import evaluate
 from shardrec.trainer.library_logs import log_to_run_folder, stop_logging_to_run_folder
+from shardrec.trainer.models.sequential import HISTORY, require_history
+from shardrec.trainer.next_item_eval import evaluate_next_item
 from shardrec.trainer.optim import lr_multiplier, make_optimizer, make_scheduler
 from shardrec.trainer.progress import Progress
 from shardrec.trainer.registry import build_model, family, traceable
@@ -74,7 +76,7 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_p
                         "ignore weight decay); on CPU use --embeddings.weight_decay_mode=decoupled")
     torch.manual_seed(cfg.train.seed)
     model = build_model(schema, cfg.model, torch.device("meta"))
-    if family(cfg.model.name) == "retrieval":
+    if family(cfg.model.name) != "ranking":
         task = retrieval_task(model, cfg, schema, data)
     else:
         task = ClickTask(model, precision=cfg.train.precision, device_type=env.device.type)
@@ -199,7 +201,8 @@ def retrieval_train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, dat
     r = cfg.retrieval
     sampler = NegativeSampler(r.negatives, data.catalogue.train_count, data.splits[cfg.dataset.train_split],
                               r.popularity_alpha)
-    return RetrievalReader(inner, data.catalogue, sampler, cfg.train.seed, cfg.dataset.prefetch_batches)
+    history = (HISTORY,) if family(cfg.model.name) == "sequential" else ()
+    return RetrievalReader(inner, data.catalogue, sampler, cfg.train.seed, cfg.dataset.prefetch_batches, history)
 
 
 def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:
@@ -219,6 +222,17 @@ def make_scorer(cfg: Config, schema: DatasetSchema, env: DistEnv, data: Retrieva
     """score(model, split, final=False) -> metrics over all ranks: click metrics from the
     split's rows, or the top-K metrics of full ranking for a retrieval model. The readers
     (and their checks of the split) are made here, before the run folder is touched."""
+    if data is not None and family(cfg.model.name) == "sequential":
+        ks = cfg.retrieval.ks
+        splits = dict.fromkeys([cfg.eval.split, cfg.eval.validation_split])
+        readers = {s: eval_reader(cfg, schema, env, s) for s in splits}
+        known = UserItems.union(list(data.splits.values()))  # each user's items in any split
+
+        def score_next(model, split: str, final: bool = False) -> dict:
+            return evaluate_next_item(unwrap(model), data, readers[split], known, ks, env.device,
+                                      cfg.retrieval.sampled_negatives, cfg.train.seed)
+
+        return score_next
     if data is not None:
         ks = cfg.retrieval.ks
 
@@ -306,13 +320,17 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
     # Everything that can be refused is checked before the run folder is touched.
-    retrieval = family(cfg.model.name) == "retrieval"
-    check_metric(cfg.train.early_stopping, retrieval, cfg.retrieval.ks)
+    kind = family(cfg.model.name)
+    check_metric(cfg.train.early_stopping, kind != "ranking", cfg.retrieval.ks, next_item=kind == "sequential")
     data = None
-    if retrieval:
+    if kind != "ranking":
         require_interactions(schema, cfg.dataset.path, cfg.model.name)
+        if kind == "sequential":
+            require_history(schema, cfg.model.name)
+        # Next-item evaluation draws its candidates among items the user never had: every split.
+        splits = list(schema.splits) if kind == "sequential" else []
         data = RetrievalData.load(cfg.dataset.path, schema,
-                                  [cfg.dataset.train_split, cfg.eval.validation_split, cfg.eval.split])
+                                  [cfg.dataset.train_split, cfg.eval.validation_split, cfg.eval.split, *splits])
         train = retrieval_train_reader(cfg, schema, env, data)
     else:
         train = train_reader(cfg, schema, env)
@@ -511,9 +529,10 @@ def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, spli
     path = resolve_checkpoint(Path(cfg.run_dir), checkpoint)
     split = split or cfg.eval.split
     data = None
-    if family(cfg.model.name) == "retrieval":
+    if family(cfg.model.name) != "ranking":
         require_interactions(schema, cfg.dataset.path, cfg.model.name)
-        data = RetrievalData.load(cfg.dataset.path, schema, [cfg.dataset.train_split, cfg.eval.validation_split, split])
+        data = RetrievalData.load(cfg.dataset.path, schema,
+                                  [cfg.dataset.train_split, cfg.eval.validation_split, split, *schema.splits])
     model, _ = build_sharded_task(schema, cfg, env, data=data)
     state = load_checkpoint(path, model, fingerprint(cfg.model, schema))
     if data is not None:

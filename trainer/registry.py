@@ -29,6 +29,7 @@ from shardrec.trainer.models import (
     lightgcn,
     retrieval,
     sequence_ctr,
+    sequential,
     wide_deep,
     xdeepfm,
 )
@@ -44,7 +45,8 @@ class ModelSpec:
     # A baseline: what the zoo's models are compared against (bench/bench_models.py).
     baseline: bool = False
     # "ranking": (dense, KJT) -> logits on click data, trained by ClickTask; "retrieval":
-    # KJT -> (user, item, negative, reg) on interactions data, trained by RetrievalTask.
+    # KJT -> (user, item, negative, reg) on interactions data, trained by RetrievalTask;
+    # "sequential": the same from each row's behaviour history, scored as next-item.
     family: str = "ranking"
     # TorchRec's TrainPipelineSparseDist traces the model with torch.fx to find its tables'
     # inputs; models with data-dependent shapes (padding histories to the batch's longest,
@@ -85,6 +87,8 @@ MODELS: dict[str, ModelSpec] = {
     "ncf": ModelSpec(retrieval.build_ncf, retrieval.NEUMF_FLAVORS, family="retrieval", traceable=False),
     "two_tower": ModelSpec(retrieval.build_two_tower, retrieval.TWO_TOWER_FLAVORS, family="retrieval",
                            traceable=False),
+    "sasrec": ModelSpec(sequential.build_sasrec, sequential.FLAVORS, family="sequential", traceable=False),
+    "gru4rec": ModelSpec(sequential.build_gru4rec, sequential.FLAVORS, family="sequential", traceable=False),
     "lightgcn": ModelSpec(lightgcn.build_lightgcn, lightgcn.LIGHTGCN_FLAVORS, family="retrieval",
                           traceable=False),
 }
@@ -97,7 +101,7 @@ def traceable(name: str) -> bool:
 
 
 def family(name: str) -> str:
-    """"ranking" or "retrieval" for a registered model name (ranking for unknown names, which
+    """"ranking", "retrieval" or "sequential" for a registered model name (ranking for unknown names, which
     build_model refuses with the list of models)."""
     spec = MODELS.get(name)
     return spec.family if spec else "ranking"

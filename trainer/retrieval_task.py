@@ -1,6 +1,7 @@
 """The retrieval task around a retrieval model: a batch of (user, item, negative) in, loss out.
 
     bpr      -log sigmoid(s(u, i) - s(u, n)), one negative per positive (Rendle et al. 2009)
+    bce      -log sigmoid(s(u, i)) - log(1 - sigmoid(s(u, n))) (SASRec's loss)
     softmax  cross-entropy of each user's positive among the candidates: the batch's positive
              items (in_batch) or those plus the batch's drawn negatives (mixed negative
              sampling, Yang et al. 2020), scores divided by the temperature and corrected by
@@ -37,6 +38,8 @@ class RetrievalTask(nn.Module):
         pos = self.model.score(user, item)
         if self.loss == "bpr":
             loss = F.softplus(self.model.score(user, neg) - pos).mean()
+        elif self.loss == "bce":  # SASRec's: the positive towards 1, the negative towards 0
+            loss = (F.softplus(-pos) + F.softplus(self.model.score(user, neg))).mean()
         else:
             loss = self._softmax(kjt, user, item, neg)
         if self.l2:

@@ -25,7 +25,8 @@ def histories(tmp_path_factory) -> dict[str, str]:
 def _auc(model: str, data: str, run_dir) -> float:
     cfg = load_config("din_movielens", [f"--model.name={model}", f"--dataset.path={data}", f"--run_dir={run_dir}",
                                         "--train.epochs=6", "--train.batch_size=256", "--train.progress=false",
-                                        "--model.flavor=small", "--embeddings.weight_decay=0"])
+                                        "--model.flavor=small", "--embeddings.weight_decay=0",
+                                        "--model.dropout=0"])
     return run(cfg)["auc"]
 
 

@@ -1,0 +1,118 @@
+"""Next-item evaluation of a sequence model (sasrec, gru4rec): each row of a split is an
+event with its history; the model scores the event's item against
+
+    sampled: 100 items the user never interacted with, drawn uniformly (the SASRec paper's
+             protocol; the draw is seeded, so every model sees the same candidates)
+             -> hr@K, ndcg@K
+    full:    the whole catalogue, the row's history items excluded
+             -> hr@K_full, ndcg@K_full
+
+with rank = the number of candidates scored above the event's item, HR@K = [rank < K] and
+NDCG@K = [rank < K] / log2(rank + 2) (one relevant item). Rows are split over the ranks by
+the reader and the sums all-reduced, so the figures are those of all rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from shardrec.data_pipeline.interactions import ITEM, USER, UserItems
+from shardrec.data_pipeline.reader import ShardReader
+from shardrec.trainer.models.sequential import HISTORY
+from shardrec.trainer.retrieval_eval import RetrievalData, item_vectors
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+REDRAWS = 10
+
+
+def _sampled_candidates(rng: np.random.Generator, users: np.ndarray, known: UserItems, num_items: int,
+                        n: int) -> np.ndarray:
+    """(B, n) items each user never interacted with (redrawn a few rounds; on a catalogue
+    the user has nearly exhausted a few may remain)."""
+    cand = rng.integers(0, num_items, (len(users), n))
+    flat_users = np.repeat(users, n)
+    for _ in range(REDRAWS):
+        bad = np.flatnonzero(known.contains(flat_users, cand.ravel()))
+        if not len(bad):
+            break
+        cand.ravel()[bad] = rng.integers(0, num_items, len(bad))
+    return cand
+
+
+@torch.no_grad()
+def evaluate_next_item(task, data: RetrievalData, reader: ShardReader, known: UserItems, ks: list[int],
+                       device: torch.device, negatives: int = 100, seed: int = 0) -> dict[str, float]:
+    """Metrics of `task` on the rows `reader` yields (this rank's share); collective."""
+    was_training = task.training
+    task.eval()
+    cat = data.catalogue
+
+    def with_history(kjt_users, kjt_items, hist):
+        return cat.kjt(kjt_users, kjt_items, kjt_items, {HISTORY: hist}).to(device)
+
+    # Item vectors do not depend on the history: computed once, with empty ones.
+    items = item_vectors(_EmptyHistory(task), cat, device, 65536)
+    rng = np.random.default_rng([seed, reader.rank])
+    names = [f"{m}@{k}{suffix}" for suffix in ("", "_full") for k in ks for m in ("hr", "ndcg")]
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+    batches = iter(reader)
+    last = None
+    for _ in range(reader.max_batches_any_rank):
+        batch = next(batches, None)
+        real = batch is not None
+        batch = batch if real else last
+        if batch is None:  # this rank has no row at all: one placeholder forward
+            u = np.zeros(1, np.int64)
+            task.encode(with_history(u, u, JaggedTensor(values=torch.zeros(0, dtype=torch.long),
+                                                        lengths=torch.zeros(1, dtype=torch.int32))))
+            continue
+        last = batch
+        kjt = batch.sparse_features
+        users, targets = kjt[USER].values().numpy(), kjt[ITEM].values().numpy()
+        hist = kjt[HISTORY]
+        user_vecs = task.encode(with_history(users, targets, hist))[0]
+        if not real:
+            continue
+        scores = task.model.score_all(user_vecs, items).float()  # (B, I)
+        rows = torch.arange(len(users))
+        target = scores[rows, torch.from_numpy(targets)]
+        cand = torch.from_numpy(_sampled_candidates(rng, users, known, cat.num_items, negatives))
+        rank_sampled = (scores.gather(1, cand) > target[:, None]).sum(1)
+        exclude = torch.zeros_like(scores, dtype=torch.bool)
+        exclude[torch.repeat_interleave(rows, hist.lengths().long()), hist.values()] = True
+        exclude[rows, torch.from_numpy(targets)] = False
+        rank_full = ((scores > target[:, None]) & ~exclude).sum(1)
+        i = 0
+        for rank in (rank_sampled, rank_full):
+            for k in ks:
+                hit = rank < k
+                sums[i] += hit.double().sum()
+                sums[i + 1] += (hit.double() / torch.log2(rank.double() + 2)).sum()
+                i += 2
+        sums[-1] += len(users)
+    batches.close()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+    task.train(was_training)
+    rows_total = float(sums[-1])
+    out = {name: float(sums[j]) / rows_total if rows_total else math.nan for j, name in enumerate(names)}
+    out["rows"] = rows_total
+    return out
+
+
+class _EmptyHistory:
+    """The task with `encode(kjt)` for item_vectors' catalogue KJTs, which carry no history:
+    each row gets an empty one (the sharded tables expect every key)."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def encode(self, kjt: KeyedJaggedTensor):
+        n = kjt.stride()
+        hist = KeyedJaggedTensor.from_lengths_sync(keys=[HISTORY], values=torch.zeros(0, dtype=torch.long,
+                                                                                       device=kjt.device()),
+                                                   lengths=torch.zeros(n, dtype=torch.int32, device=kjt.device()))
+        return self.task.encode(KeyedJaggedTensor.concat([kjt, hist]))
