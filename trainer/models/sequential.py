@@ -38,6 +38,15 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 HISTORY = "hist_item_id"
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout's result, from a uniform draw instead of torch's CPU bernoulli_, which is
+    2.5x slower on (B, L, d) activations (13 against 5 ms for 256 x 50 x 64 on one core) and
+    took a third of a SASRec step on CPU."""
+    if not training or p == 0:
+        return x
+    return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
+
+
 @dataclass(frozen=True)
 class SequentialFlavor:
     embedding_dim: int
@@ -100,9 +109,9 @@ class CausalBlock(nn.Module):
         b, length, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
-        x = x + F.dropout(self.proj(a.transpose(1, 2).reshape(b, length, d)), self.p, self.training)
-        h = self.ff2(F.dropout(F.relu(self.ff1(self.norm2(x))), self.p, self.training))
-        return x + F.dropout(h, self.p, self.training)
+        x = x + dropout(self.proj(a.transpose(1, 2).reshape(b, length, d)), self.p, self.training)
+        h = self.ff2(dropout(F.relu(self.ff1(self.norm2(x))), self.p, self.training))
+        return x + dropout(h, self.p, self.training)
 
 
 class SASRec(_Sequential):
@@ -120,7 +129,7 @@ class SASRec(_Sequential):
         # Histories are right-padded and attention is causal, so no real position sees a pad.
         b, length, _ = hist.shape
         pos = torch.arange(length, device=hist.device).clamp(max=self.position.num_embeddings - 1)
-        x = F.dropout(hist * self.scale + self.position(pos)[None], self.p, self.training)
+        x = dropout(hist * self.scale + self.position(pos)[None], self.p, self.training)
         for block in self.blocks:
             x = block(x)
         last = (lengths.long() - 1).clamp(min=0)
@@ -139,7 +148,7 @@ class GRU4Rec(_Sequential):
             # DMP materialises meta parameters by replacing them; nn.GRU keeps its own list of
             # the old ones until told to rebuild it.
             self.gru._init_flat_weights()
-        out, _ = self.gru(F.dropout(hist, self.p, self.training))
+        out, _ = self.gru(dropout(hist, self.p, self.training))
         last = (lengths.long() - 1).clamp(min=0)
         state = out[torch.arange(hist.shape[0], device=hist.device), last]
         return self.out(state * (lengths > 0)[:, None])
