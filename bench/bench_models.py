@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
 
-    from shardrec.trainer.registry import MODELS
+    from shardrec.trainer.registry import MODELS, click_models
 
-    names = [n for n in args.models.split(",") if n] or list(MODELS)
+    names = [n for n in args.models.split(",") if n] or click_models()
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")

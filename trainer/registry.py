@@ -52,6 +52,8 @@ class ModelSpec:
     # inputs; models with data-dependent shapes (padding histories to the batch's longest,
     # looking up rows of their own) cannot be traced and train under TrainPipelineBase.
     traceable: bool = True
+    # Reads a behaviour history (a sequence feature of the data set; `--history N`).
+    needs_history: bool = False
 
 
 def _dlrm_family(build: Callable[[DatasetSchema, Any, torch.device], nn.Module]):
@@ -81,8 +83,8 @@ MODELS: dict[str, ModelSpec] = {
     "lr": ModelSpec(baselines.build_lr, baselines.LR_FLAVORS, baseline=True),
     "fm": ModelSpec(baselines.build_fm, baselines.FM_FLAVORS, baseline=True),
     "dnn": ModelSpec(baselines.build_dnn, baselines.DNN_FLAVORS, baseline=True),
-    "din": ModelSpec(sequence_ctr.build_din, sequence_ctr.FLAVORS, traceable=False),
-    "bst": ModelSpec(sequence_ctr.build_bst, sequence_ctr.FLAVORS, traceable=False),
+    "din": ModelSpec(sequence_ctr.build_din, sequence_ctr.FLAVORS, traceable=False, needs_history=True),
+    "bst": ModelSpec(sequence_ctr.build_bst, sequence_ctr.FLAVORS, traceable=False, needs_history=True),
     "mf": ModelSpec(retrieval.build_mf, retrieval.MF_FLAVORS, family="retrieval", traceable=False),
     "ncf": ModelSpec(retrieval.build_ncf, retrieval.NEUMF_FLAVORS, family="retrieval", traceable=False),
     "two_tower": ModelSpec(retrieval.build_two_tower, retrieval.TWO_TOWER_FLAVORS, family="retrieval",
@@ -92,6 +94,12 @@ MODELS: dict[str, ModelSpec] = {
     "lightgcn": ModelSpec(lightgcn.build_lightgcn, lightgcn.LIGHTGCN_FLAVORS, family="retrieval",
                           traceable=False),
 }
+
+
+def click_models() -> list[str]:
+    """The ranking models that train on any click data set (no history needed): the zoo
+    tests and benchmarks run every one of them on the same data."""
+    return [n for n, spec in MODELS.items() if spec.family == "ranking" and not spec.needs_history]
 
 
 def traceable(name: str) -> bool:

@@ -21,7 +21,7 @@ from shardrec.launch.cli import main as cli
 from shardrec.trainer.checkpoint import fingerprint, latest_checkpoint, load_checkpoint
 from shardrec.trainer.distributed import init_distributed, shutdown
 from shardrec.trainer.loop import build_sharded_task, eval_reader, run
-from shardrec.trainer.registry import MODELS
+from shardrec.trainer.registry import MODELS, click_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def trained(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", click_models())
 def test_exported_model_scores_like_the_sharded_one(name, tiny_data, tmp_path):
     cfg = load_config("tiny", [f"--dataset.path={tiny_data}", f"--run_dir={tmp_path / 'run'}",
                                f"--model.name={name}", f"--model.flavor={next(iter(MODELS[name].flavors))}",

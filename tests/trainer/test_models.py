@@ -19,7 +19,7 @@ from shardrec.trainer.models import wide_deep
 from shardrec.trainer.models.common import fm_interaction
 from shardrec.trainer.models.dcn import DCNv2Flavor, cross_network
 from shardrec.trainer.models.xdeepfm import CIN
-from shardrec.trainer.registry import MODELS, build_model
+from shardrec.trainer.registry import build_model, click_models
 from torchrec.modules.deepfm import FactorizationMachine as TorchRecFM
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
@@ -271,7 +271,7 @@ def test_wide_and_deep_is_wide_linear_plus_crosses_plus_deep():
     torch.testing.assert_close(model(dense, kjt), wide + model.deep(deep_in), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", click_models())
 def test_every_parameter_receives_a_gradient(name):
     for schema in (SCHEMA, NO_DENSE):
         model = build(name, schema=schema)
