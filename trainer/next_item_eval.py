@@ -23,7 +23,7 @@ from shardrec.data_pipeline.interactions import ITEM, USER, UserItems
 from shardrec.data_pipeline.reader import ShardReader
 from shardrec.trainer.models.sequential import HISTORY
 from shardrec.trainer.retrieval_eval import RetrievalData, item_vectors
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
 REDRAWS = 10
 
@@ -54,7 +54,7 @@ def evaluate_next_item(task, data: RetrievalData, reader: ShardReader, known: Us
         return cat.kjt(kjt_users, kjt_items, kjt_items, {HISTORY: hist}).to(device)
 
     # Item vectors do not depend on the history: computed once, with empty ones.
-    items = item_vectors(_EmptyHistory(task), cat, device, 65536)
+    items = item_vectors(task, cat, device, 65536, history=(HISTORY,))
     rng = np.random.default_rng([seed, reader.rank])
     names = [f"{m}@{k}{suffix}" for suffix in ("", "_full") for k in ks for m in ("hr", "ndcg")]
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
@@ -102,17 +102,3 @@ def evaluate_next_item(task, data: RetrievalData, reader: ShardReader, known: Us
     out["rows"] = rows_total
     return out
 
-
-class _EmptyHistory:
-    """The task with `encode(kjt)` for item_vectors' catalogue KJTs, which carry no history:
-    each row gets an empty one (the sharded tables expect every key)."""
-
-    def __init__(self, task):
-        self.task = task
-
-    def encode(self, kjt: KeyedJaggedTensor):
-        n = kjt.stride()
-        hist = KeyedJaggedTensor.from_lengths_sync(keys=[HISTORY], values=torch.zeros(0, dtype=torch.long,
-                                                                                       device=kjt.device()),
-                                                   lengths=torch.zeros(n, dtype=torch.int32, device=kjt.device()))
-        return self.task.encode(KeyedJaggedTensor.concat([kjt, hist]))

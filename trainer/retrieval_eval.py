@@ -27,6 +27,7 @@ import torch.distributed as dist
 from shardrec.data_pipeline.interactions import Catalogue, UserItems, load_catalogue, split_pairs
 from shardrec.data_pipeline.schema import DatasetSchema
 from shardrec.trainer.topk_metrics import TopKAccumulator, topk_lists
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
 
 @dataclass
@@ -71,13 +72,16 @@ def _max_over_ranks(n: int) -> int:
 
 
 @torch.no_grad()
-def item_vectors(task, cat: Catalogue, device: torch.device, chunk: int) -> torch.Tensor:
-    """(I, d) item representations of the whole catalogue."""
+def item_vectors(task, cat: Catalogue, device: torch.device, chunk: int, history: tuple[str, ...] = ()) -> torch.Tensor:
+    """(I, d) item representations of the whole catalogue; `history` names the history keys
+    a sequence model's KJTs carry (empty here: an item's vector does not depend on them)."""
     out = []
     for start in range(0, cat.num_items, chunk):
         idx = np.arange(start, min(start + chunk, cat.num_items))
         zeros = np.zeros(len(idx), dtype=np.int64)
-        out.append(task.encode(cat.kjt(zeros, idx, zeros).to(device))[1])
+        empty = {h: JaggedTensor(values=torch.zeros(0, dtype=torch.long), lengths=torch.zeros(len(idx), dtype=torch.int32))
+                 for h in history}
+        out.append(task.encode(cat.kjt(zeros, idx, zeros, empty).to(device))[1])
     return torch.cat(out)
 
 
