@@ -25,8 +25,8 @@ REDRAW_ROUNDS = 4
 
 class NegativeSampler:
     def __init__(self, mode: str, train_count: np.ndarray, seen: UserItems | None, alpha: float = 0.75,
-                 seed: int = 0):
-        self.mode, self.seen = mode, seen
+                 seed: int = 0, rounds: int = REDRAW_ROUNDS):
+        self.mode, self.seen, self.rounds = mode, seen, rounds
         self.num_items = len(train_count)
         self.rng = np.random.default_rng(seed)
         weight = (train_count.astype(np.float64) + 1.0) ** (alpha if mode == "popularity" else 0.0)
@@ -53,7 +53,7 @@ class NegativeSampler:
         negs = self._draw(len(users))
         if self.seen is None:
             return negs
-        for _ in range(REDRAW_ROUNDS):
+        for _ in range(self.rounds):
             bad = np.flatnonzero(self.seen.contains(users, negs))
             if not len(bad):
                 break

@@ -20,26 +20,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from shardrec.data_pipeline.interactions import ITEM, USER, UserItems
+from shardrec.data_pipeline.negatives import NegativeSampler
 from shardrec.data_pipeline.reader import ShardReader
 from shardrec.trainer.models.sequential import HISTORY
 from shardrec.trainer.retrieval_eval import RetrievalData, item_vectors
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
 REDRAWS = 10
-
-
-def _sampled_candidates(rng: np.random.Generator, users: np.ndarray, known: UserItems, num_items: int,
-                        n: int) -> np.ndarray:
-    """(B, n) items each user never interacted with (redrawn a few rounds; on a catalogue
-    the user has nearly exhausted a few may remain)."""
-    cand = rng.integers(0, num_items, (len(users), n))
-    flat_users = np.repeat(users, n)
-    for _ in range(REDRAWS):
-        bad = np.flatnonzero(known.contains(flat_users, cand.ravel()))
-        if not len(bad):
-            break
-        cand.ravel()[bad] = rng.integers(0, num_items, len(bad))
-    return cand
 
 
 @torch.no_grad()
@@ -55,7 +42,10 @@ def evaluate_next_item(task, data: RetrievalData, reader: ShardReader, known: Us
 
     # Item vectors do not depend on the history: computed once, with empty ones.
     items = item_vectors(task, cat, device, 65536, history=(HISTORY,))
-    rng = np.random.default_rng([seed, reader.rank])
+    # The candidates: uniform draws redrawn while the user has the item (on a catalogue the
+    # user has nearly exhausted a few may remain).
+    sampler = NegativeSampler("uniform", cat.train_count, known, rounds=REDRAWS)
+    sampler.rng = np.random.default_rng([seed, reader.rank])
     names = [f"{m}@{k}{suffix}" for suffix in ("", "_full") for k in ks for m in ("hr", "ndcg")]
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
     batches = iter(reader)
@@ -79,7 +69,8 @@ def evaluate_next_item(task, data: RetrievalData, reader: ShardReader, known: Us
         scores = task.model.score_all(user_vecs, items).float()  # (B, I)
         rows = torch.arange(len(users))
         target = scores[rows, torch.from_numpy(targets)]
-        cand = torch.from_numpy(_sampled_candidates(rng, users, known, cat.num_items, negatives))
+        flat = np.repeat(users, negatives)
+        cand = torch.from_numpy(sampler.sample(flat, flat).reshape(len(users), negatives))
         rank_sampled = (scores.gather(1, cand) > target[:, None]).sum(1)
         exclude = torch.zeros_like(scores, dtype=torch.bool)
         exclude[torch.repeat_interleave(rows, hist.lengths().long()), hist.values()] = True
