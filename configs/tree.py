@@ -267,6 +267,11 @@ class RetrievalConfig:
     # held-out event is ranked against for hr@K / ndcg@K (the SASRec paper's 100); the
     # *_full metrics rank it against the whole catalogue.
     sampled_negatives: PosInt = 100
+    # Next-item models: which positions of each training row's history are supervised. last:
+    # the row's own event only (one target a row); all: every position predicts the item
+    # after it (SASRec's and GRU4Rec's training), with its own drawn negative. `all` suits
+    # data converted with `--train-rows per-user` (one row per user: its whole sequence).
+    train_positions: Literal["last", "all"] = "last"
 
 
 @dataclass

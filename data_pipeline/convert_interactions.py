@@ -21,12 +21,16 @@ Steps, all vectorised over rows (numpy / Arrow):
   5. split per user: `random` (seeded order, RecBole's split_by_ratio counts) or
      `leave_last_out` (last -> test, second to last -> valid; users with fewer than 3
      interactions all train). --cold-items F holds a seeded fraction F of the items out of
-     train and valid: all their rows go to test.
+     train and valid: all their rows go to test; --cold-users F does the same for users.
   6. --history N: every row of every split gets `hist_item_id`, the user's previous up to N
      items strictly before it in the user's whole timeline (all splits; by time, ties by
      input order: the order of step 5), oldest first; --history-features F,... adds
      `hist_<F>`, item feature F (one-hot) of each of those items. Sequence features of
      schema.json (sequence_of item_id / F, max_length N), listed in interactions["history"].
+     --train-sequences also writes the split `train_sequences`: each user's last training
+     row alone, whose history is the user's training sequence (its latest N items): what a
+     next-item model trained on every position reads (retrieval.train_positions=all), one
+     row per user instead of one per event.
   7. write DIR/{train,valid,test}/part-00000.parquet (rows sorted by user_id, time; row groups
      of 8192 rows), DIR/users.parquet, DIR/items.parquet and DIR/schema.json (last), through
      a staging folder renamed at the end (convert_common.staging).
@@ -134,6 +138,9 @@ def history_column(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.int64()))
 
 
+SEQUENCE_SPLIT = "train_sequences"
+
+
 def _history_options(history, history_features, item_specs: list[FeatureSpec]) -> tuple[int, list[str]]:
     """--history N (int >= 0) and --history-features: one-hot item features, N > 0."""
     if isinstance(history, bool) or int(history) != history or history < 0:
@@ -215,11 +222,11 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
                          user_features=None, user_key=None, user_sparse=(), user_multi_hot=(),
                          item_features=None, item_key=None, item_sparse=(), item_multi_hot=(), item_flags=(),
                          category: str | None = None, split: str = "random", ratios=None, seed: int = 0,
-                         cold_items: float = 0.0, min_user_interactions: int = 0, min_item_interactions: int = 0,
+                         cold_items: float = 0.0, cold_users: float = 0.0, min_user_interactions: int = 0, min_item_interactions: int = 0,
                          layout: str = "rows", delimiter: str | None = None, header: bool | None = None,
                          columns=None, user_features_columns=None, item_features_columns=None,
                          encoding: str | None = None, history: int = 0, history_features=(),
-                         overwrite: bool = False) -> DatasetSchema:
+                         train_sequences: bool = False, overwrite: bool = False) -> DatasetSchema:
     """Convert interaction files into the data set folder `out` (see the module docstring)."""
     started = clock.perf_counter()
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
@@ -239,8 +246,9 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
     fractions = parse_ratios(ratios if ratios is not None else "0.8,0.1,0.1")
     if (rating is None) != (min_rating is None):
         raise UserError("--rating COL and --min-rating R go together: keep rows whose rating is >= R")
-    if not 0 <= float(cold_items) < 1:
-        raise UserError(f"--cold-items {cold_items}: expected a fraction of the items in [0, 1)")
+    for flag, v, what in (("--cold-items", cold_items, "items"), ("--cold-users", cold_users, "users")):
+        if not 0 <= float(v) < 1:
+            raise UserError(f"{flag} {v}: expected a fraction of the {what} in [0, 1)")
     for flag, v in (("--min-user-interactions", min_user_interactions),
                     ("--min-item-interactions", min_item_interactions)):
         if int(v) != v or v < 0:
@@ -264,6 +272,8 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
                         f"{', '.join(item_names) or 'none'})")
     category = category or (item_names[0] if item_names else None)
     history, history_features = _history_options(history, history_features, item_specs)
+    if train_sequences and not history:
+        raise UserError("--train-sequences writes each user's training sequence as a history: it needs --history N")
     check_output_folder(Path(out), overwrite)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with staging(out, overwrite) as tmp:
@@ -331,12 +341,15 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
         cold = np.zeros(num_items, bool)
         n_cold = int(round(float(cold_items) * num_items))
         cold[np.random.default_rng([seed, 1]).permutation(num_items)[:n_cold]] = True
-        warm = np.flatnonzero(~cold[iid])
+        cold_u = np.zeros(num_users, bool)
+        n_cold_u = int(round(float(cold_users) * num_users))
+        cold_u[np.random.default_rng([seed, 2]).permutation(num_users)[:n_cold_u]] = True
+        warm = np.flatnonzero(~cold[iid] & ~cold_u[uid])
         which = np.full(len(uid), 2, np.int8)
         which[warm] = _split(uid[warm], num_users, split, fractions, seed)
         train_count = np.bincount(iid[which == 0], minlength=num_items)
         if not train_count.sum():
-            raise UserError("no interactions left for the train split (too many --cold-items?)")
+            raise UserError("no interactions left for the train split (too many --cold-items / --cold-users?)")
         # 6. histories over each user's whole timeline (rows are in (user, time, input order))
         hist_cols, hist_feats = {}, []
         if history:
@@ -364,8 +377,11 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
         writer = SplitWriter(tmp, "part-00000.parquet", arrow, ROW_GROUP_ROWS)
         for code, name in enumerate(SPLITS):
             writer.write(name, whole.take(pa.array(np.flatnonzero(which == code))))
+        if train_sequences:  # rows are in (user, time) order: a user's last train row ends its run
+            tr = np.flatnonzero(which == 0)
+            writer.write(SEQUENCE_SPLIT, whole.take(pa.array(tr[np.append(uid[tr][1:] != uid[tr][:-1], True)])))
         writer.close()
-        schema.splits = {name: writer.rows[name] for name in SPLITS if writer.rows.get(name)}
+        schema.splits = {name: writer.rows[name] for name in (*SPLITS, SEQUENCE_SPLIT) if writer.rows.get(name)}
         pq.write_table(pa.table({"user_id": pa.array(np.arange(num_users)), "raw_user": pc.cast(raw_users, pa.string()),
                                  **{n: _column(v) for n, v in user_cols.items()}}), tmp / USERS_FILE)
         pq.write_table(pa.table({"item_id": pa.array(np.arange(num_items)), "raw_item": pc.cast(raw_items, pa.string()),
@@ -375,6 +391,7 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
             "user": "user_id", "item": "item_id", "user_features": [e.spec.name for e in u_enc],
             "item_features": [e.spec.name for e in i_enc], "num_users": num_users, "num_items": num_items,
             "category": category, "time": "time" if time else None, "split": split, "cold_items": n_cold,
+            "cold_users": n_cold_u,
             "users_file": USERS_FILE, "items_file": ITEMS_FILE, "history": [f.name for f in hist_feats],
             "history_length": history}
         options["ratios"] = list(fractions) if split == "random" else None

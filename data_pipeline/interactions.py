@@ -85,10 +85,13 @@ class Catalogue:
         return col.to_numpy(zero_copy_only=False).astype(np.int64)
 
     def kjt(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray,
-            history: dict[str, JaggedTensor] | None = None) -> KeyedJaggedTensor:
+            history: dict[str, JaggedTensor] | None = None,
+            negative_counts: np.ndarray | None = None) -> KeyedJaggedTensor:
         """The KJT of B rows (user u_b, item i_b, negative n_b): (B,) int64 indices each;
         `history` ({name: B-row JaggedTensor}) appends behaviour-history keys (sequence
-        models only: every KJT a sharded model sees must have the same keys)."""
+        models only: every KJT a sharded model sees must have the same keys). With
+        `negative_counts` (B,), row b has that many negatives: `negatives` holds all of
+        them, row by row (sum(negative_counts),)."""
         keys, values, lengths = [], [], []
         for key, table, idx in ((USER, self.users, users), (ITEM, self.items, items)):
             keys.append(key)
@@ -98,8 +101,10 @@ class Catalogue:
             _features(table, names, idx, keys, values, lengths)
         keys.append(NEG + ITEM)
         values.append(torch.from_numpy(np.ascontiguousarray(negatives, dtype=np.int64)))
-        lengths.append(torch.ones(len(negatives), dtype=torch.int32))
-        _features(self.items, self.info.get("item_features", []), negatives, keys, values, lengths, prefix=NEG)
+        counts = np.ones(len(negatives), np.int32) if negative_counts is None else negative_counts
+        lengths.append(torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int32)))
+        _features(self.items, self.info.get("item_features", []), negatives, keys, values, lengths, prefix=NEG,
+                  group=None if negative_counts is None else counts)
         for name, jt in (history or {}).items():
             keys.append(name)
             values.append(jt.values().long())
@@ -107,27 +112,33 @@ class Catalogue:
         return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
 
     def batch(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray,
-              history: dict[str, JaggedTensor] | None = None) -> Batch:
+              history: dict[str, JaggedTensor] | None = None, negative_counts: np.ndarray | None = None) -> Batch:
         """A torchrec Batch (no dense features, label 1 for every row) around `kjt`."""
         n = len(users)
-        return Batch(dense_features=torch.zeros(n, 0), sparse_features=self.kjt(users, items, negatives, history),
+        return Batch(dense_features=torch.zeros(n, 0),
+                     sparse_features=self.kjt(users, items, negatives, history, negative_counts),
                      labels=torch.ones(n))
 
 
 def _features(table: pa.Table, names: list[str], idx: np.ndarray, keys: list, values: list, lengths: list,
-              prefix: str = "") -> None:
-    """Append each side feature of rows `idx` of `table`: one id per row, or a list."""
+              prefix: str = "", group: np.ndarray | None = None) -> None:
+    """Append each side feature of rows `idx` of `table`: one id per row, or a list. With
+    `group` (B,), consecutive runs of that many entries of `idx` form one KJT row (their
+    values concatenated)."""
     take = pa.array(idx, pa.int64())
     for name in names:
         col = table.column(name).take(take).combine_chunks()
         keys.append(prefix + name)
         if pa.types.is_list(col.type):
-            lengths.append(torch.from_numpy(pa.compute.list_value_length(col).fill_null(0)
-                                            .to_numpy(zero_copy_only=False).astype(np.int32)))
+            each = pa.compute.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
             values.append(torch.from_numpy(col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)))
         else:
+            each = np.ones(len(idx), np.int64)
             values.append(torch.from_numpy(col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)))
-            lengths.append(torch.ones(len(idx), dtype=torch.int32))
+        if group is not None:  # per-row sums of the runs
+            total, ends = np.concatenate([[0], np.cumsum(each)]), np.cumsum(group)
+            each = total[ends] - total[ends - group]
+        lengths.append(torch.from_numpy(each.astype(np.int32)))
 
 
 def load_catalogue(path: str | Path, schema: DatasetSchema) -> Catalogue:

@@ -137,7 +137,7 @@ def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
     from shardrec.trainer.recommend import recommend
 
     _no_extra(extra)
-    users = recommend(args.run_dir, args.out, args.k, args.users, args.checkpoint, args.batch_size)
+    users = recommend(args.run_dir, args.out, args.k, args.users, args.checkpoint, args.batch_size, args.index)
     print(f"wrote the top {args.k} items of {users:,} users to {args.out}")
     return 0
 
@@ -343,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recommend", help="the top K unseen items per user from a trained retrieval model",
                         epilog="Output columns: user, rank, item (raw ids), score, source (model, or popularity "
-                               "for users the data set does not know).")
+                               "for users the data set does not know or training never saw).")
     rc.add_argument("--run-dir", required=True, help="a run folder of a retrieval model (mf, ncf, two_tower, lightgcn)")
     rc.add_argument("--checkpoint", default=None, help=checkpoint_help)
     rc.add_argument("--k", type=int, required=True, help="items per user")
@@ -352,6 +352,9 @@ def parser() -> argparse.ArgumentParser:
                          "`user` column (default: every user of the data set)")
     rc.add_argument("--out", required=True, help="output Parquet file")
     rc.add_argument("--batch-size", type=int, default=1024, help="users scored against the catalogue at a time")
+    rc.add_argument("--index", choices=["exact", "faiss"], default="exact",
+                    help="exact: score every item (default); faiss: approximate nearest neighbours in a FAISS HNSW "
+                         "graph, for catalogues of millions of items (needs faiss-cpu; inner-product models)")
     rc.set_defaults(fn=cmd_recommend)
     return p
 

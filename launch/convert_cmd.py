@@ -246,15 +246,16 @@ def cmd_convert_interactions(args: argparse.Namespace, extra: list[str]) -> int:
         user_multi_hot=args.user_multi_hot or (), item_features=args.item_features, item_key=args.item_key,
         item_sparse=args.item_sparse or (), item_multi_hot=args.item_multi_hot or (),
         item_flags=args.item_flags or (), category=args.category, split=args.split, ratios=args.ratios,
-        seed=args.seed, cold_items=args.cold_items, min_user_interactions=args.min_user_interactions,
+        seed=args.seed, cold_items=args.cold_items, cold_users=args.cold_users, min_user_interactions=args.min_user_interactions,
         min_item_interactions=args.min_item_interactions, layout=args.layout, delimiter=args.delimiter,
         header=_bool("--header", args.header), columns=args.columns,
         user_features_columns=args.user_features_columns, item_features_columns=args.item_features_columns,
         encoding=args.encoding, history=args.history, history_features=args.history_features or (),
-        overwrite=args.overwrite)
+        train_sequences=args.train_sequences, overwrite=args.overwrite)
     inter, src = schema.interactions, schema.source
     print(_summary(args.out, schema) + f"; {inter['num_users']:,} users, {inter['num_items']:,} items"
           + (f", {inter['cold_items']:,} cold items (test only)" if inter["cold_items"] else "")
+          + (f", {inter.get('cold_users', 0):,} cold users (test only)" if inter.get("cold_users") else "")
           + (f"; histories of up to {inter['history_length']}: {', '.join(inter['history'])}"
              if inter["history"] else ""))
     dropped = [f"{n:,} {what}" for n, what in ((src["below_min_rating"], "below --min-rating"),
@@ -337,10 +338,14 @@ def add_interactions_parser(kinds) -> None:
                         "valid, the rest train (users with fewer than 3: all train)")
     g.add_argument("--ratios", default=None, metavar="TRAIN,VALID,TEST",
                    help="fractions of each user's interactions for --split random, summing to 1 (default 0.8,0.1,0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random split and of --cold-items (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random split, --cold-items and --cold-users (default 0)")
     g.add_argument("--cold-items", type=float, default=0.0, metavar="FRACTION",
                    help="hold this seeded fraction of the items out of train and valid: all their interactions go "
                         "to test (they stay in items.parquet with train_count 0)")
+    g.add_argument("--cold-users", type=float, default=0.0, metavar="FRACTION",
+                   help="hold this seeded fraction of the users out of train and valid: all their interactions go "
+                        "to test, where they are scored from their side features (two_tower) or get the popularity "
+                        "fallback, and are reported apart as cold_user_*")
     g = i.add_argument_group("behaviour history (sequence features)")
     g.add_argument("--history", type=int, default=0, metavar="N",
                    help="give every row of every split hist_item_id: the user's previous up to N items strictly "
@@ -349,6 +354,10 @@ def add_interactions_parser(kinds) -> None:
     g.add_argument("--history-features", action="append", default=None, metavar="F1,F2,...",
                    help="one-hot item features (--item-sparse) to add as hist_<F>: the feature of each history "
                         "item, aligned with hist_item_id (needs --history)")
+    g.add_argument("--train-sequences", action="store_true",
+                   help="also write the split train_sequences: one row per user, its last training event, whose "
+                        "history is the user's training sequence; next-item models trained on every position "
+                        "read it (dataset.train_split=train_sequences, retrieval.train_positions=all)")
     g = i.add_argument_group("reading")
     g.add_argument("--delimiter", default=None, metavar="CHAR",
                    help="field separator of text files ('\\t' or tab for a tab); default ',' for .csv, tab for "

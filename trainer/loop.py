@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import Config
+from shardrec.data_pipeline.convert_interactions import SEQUENCE_SPLIT
 from shardrec.data_pipeline.interactions import UserItems, require_interactions
 from shardrec.data_pipeline.negatives import NegativeSampler
 from shardrec.data_pipeline.reader import ShardReader
@@ -189,6 +190,20 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
                        pin_memory=env.device.type == "cuda")
 
 
+def check_train_positions(cfg: Config, kind: str) -> None:
+    """retrieval.train_positions=all: a next-item model, one drawn negative per position."""
+    r = cfg.retrieval
+    if r.train_positions == "last":
+        return
+    if kind != "sequential":
+        raise UserError(f"retrieval.train_positions=all supervises every position of a behaviour history; "
+                        f"'{cfg.model.name}' is not a next-item model (sasrec, gru4rec)")
+    if r.loss == "softmax" or r.negatives == "in_batch":
+        raise UserError(f"retrieval.train_positions=all pairs each position with its own drawn negative: it needs "
+                        f"retrieval.loss bce or bpr and retrieval.negatives uniform or popularity (got loss "
+                        f"{r.loss}, negatives {r.negatives})")
+
+
 def retrieval_train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, data: RetrievalData) -> RetrievalReader:
     """This rank's (user, item, negative) batches of an interactions data set."""
     if cfg.dataset.source != "parquet":
@@ -199,10 +214,14 @@ def retrieval_train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, dat
                         shuffle_buffer=cfg.dataset.shuffle_buffer, seed=cfg.train.seed,
                         pin_memory=env.device.type == "cuda")
     r = cfg.retrieval
-    sampler = NegativeSampler(r.negatives, data.catalogue.train_count, data.splits[cfg.dataset.train_split],
-                              r.popularity_alpha)
+    seen = data.splits[cfg.dataset.train_split]
+    if cfg.dataset.train_split == SEQUENCE_SPLIT and "train" in data.splits:
+        seen = data.splits["train"]  # every training event, not only each user's last row
+    sampler = NegativeSampler(r.negatives, data.catalogue.train_count, seen, r.popularity_alpha)
     history = (HISTORY,) if family(cfg.model.name) == "sequential" else ()
-    return RetrievalReader(inner, data.catalogue, sampler, cfg.train.seed, cfg.dataset.prefetch_batches, history)
+    all_positions = bool(history) and r.train_positions == "all"
+    return RetrievalReader(inner, data.catalogue, sampler, cfg.train.seed, cfg.dataset.prefetch_batches, history,
+                           all_positions)
 
 
 def eval_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, split: str | None = None) -> ShardReader:
@@ -327,6 +346,7 @@ def _run(cfg: Config, env: DistEnv) -> dict:
         require_interactions(schema, cfg.dataset.path, cfg.model.name)
         if kind == "sequential":
             require_history(schema, cfg.model.name)
+        check_train_positions(cfg, kind)
         # Next-item evaluation draws its candidates among items the user never had: every split.
         splits = list(schema.splits) if kind == "sequential" else []
         data = RetrievalData.load(cfg.dataset.path, schema,

@@ -7,7 +7,15 @@ exact; U x I x d multiply-adds, so about a second per 10^10 on one core), their 
 interactions (every split of the data set) excluded, and its rows appended to the output
 Parquet file, written under a temporary name and renamed at the end. Users named in
 --users that the data set does not know get the most popular items (source =
-"popularity"), the fallback for users with no history.
+"popularity"), the fallback for users with no history; so do known users without training
+interactions (convert --cold-users), unless the model scores them from their side features
+(two_tower).
+
+With `index="faiss"` (`--index faiss`, needs faiss-cpu) an inner-product model's users are
+looked up in a FAISS HNSW graph of the item vectors instead: approximate (the lists may
+miss an item the exact scan would rank), but about log(I) work per user instead of I, for
+catalogues of millions of items. FAISS returns the nearest K + (the most items a user of
+the chunk has seen) items, and the seen ones are dropped from those.
 
 Output columns: user (the raw id), rank (1..K), item (raw id), score (float32), source.
 """
@@ -32,8 +40,9 @@ from shardrec.data_pipeline.interactions import (
 )
 from shardrec.data_pipeline.schema import load_schema
 from shardrec.trainer.checkpoint import fingerprint, load_checkpoint, resolve_checkpoint
+from shardrec.trainer.models.retrieval import DotModel
 from shardrec.trainer.registry import build_model, family
-from shardrec.trainer.retrieval_eval import item_vectors
+from shardrec.trainer.retrieval_eval import item_vectors, scores_new_users
 from shardrec.trainer.retrieval_task import RetrievalTask
 from shardrec.trainer.topk_metrics import topk_lists
 
@@ -65,9 +74,40 @@ def _users(path: str | None, raw: pa.Array) -> tuple[np.ndarray, list[str]]:
     return idx[known].astype(np.int64), unknown
 
 
+INDEXES = ("exact", "faiss")
+
+
+def _faiss_index(items: torch.Tensor):
+    """A FAISS HNSW inner-product index over the (I, d) item vectors."""
+    try:
+        import faiss
+    except ImportError:
+        raise UserError("--index faiss needs the faiss-cpu package: pip install faiss-cpu "
+                        "(or use --index exact)") from None
+    index = faiss.IndexHNSWFlat(items.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 80
+    index.add(np.ascontiguousarray(items.numpy(), dtype=np.float32))
+    return index
+
+
+def _faiss_topk(index, users: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) item indices (-1 where fewer are left) and their scores for the (n, d) user
+    vectors, the items `exclude` (n, I) marks dropped."""
+    wanted = min(k + int(exclude.sum(1).max()), exclude.shape[1])
+    index.hnsw.efSearch = max(64, wanted)  # HNSW returns at most efSearch neighbours
+    score, found = (torch.from_numpy(a) for a in index.search(np.ascontiguousarray(users.numpy(), np.float32), wanted))
+    found = found.long()
+    drop = (found < 0) | exclude.gather(1, found.clamp(min=0))
+    keep = torch.argsort(drop.int(), dim=1, stable=True)[:, :k]  # kept ones first, best first
+    top, score, drop = found.gather(1, keep), score.gather(1, keep), drop.gather(1, keep)
+    return top.masked_fill(drop, -1), score
+
+
 def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoint: str | None = None,
-              chunk: int = 1024) -> int:
+              chunk: int = 1024, index: str = "exact") -> int:
     """Write the top-k lists to `out`; returns the number of users written."""
+    if index not in INDEXES:
+        raise UserError(f"--index '{index}': expected one of {', '.join(INDEXES)}")
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"'{run}' is not a run folder (no config.yaml)")
@@ -91,6 +131,15 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
     raw_items = cat.items.column("raw_item").combine_chunks().cast(pa.string())
     chosen, unknown = _users(users, raw_users)
     items = item_vectors(task, cat, torch.device("cpu"), 65536)
+    train_users = split_pairs(cfg.dataset.path, "train")[0] if "train" in schema.splits else np.zeros(0, np.int64)
+    new_users = np.bincount(train_users, minlength=cat.num_users) == 0  # (U,) bool
+    if scores_new_users(task.model):
+        new_users[:] = False
+    popularity = torch.from_numpy(cat.train_count.astype(np.float32))
+    if index == "faiss" and not isinstance(task.model, DotModel):
+        raise UserError(f"--index faiss ranks by inner product; {cfg.model.name} scores a pair with more than "
+                        "that (use --index exact)")
+    ann = _faiss_index(items) if index == "faiss" else None
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -100,17 +149,29 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
             for start in range(0, len(chosen), chunk):
                 u = chosen[start:start + chunk]
                 zeros = np.zeros(len(u), dtype=np.int64)
+                new, exclude = torch.from_numpy(new_users[u]), seen.mask(u, cat.num_items)
                 with torch.no_grad():
-                    scores = task.model.score_all(task.encode(cat.kjt(u, zeros, zeros))[0], items).float()
-                top = topk_lists(scores, k, seen.mask(u, cat.num_items))
-                writer.write_table(_rows(raw_users.take(pa.array(u)), top, scores.gather(1, top.clamp(min=0)),
-                                         raw_items, "model"))
+                    vecs = task.encode(cat.kjt(u, zeros, zeros))[0]
+                if ann is None:
+                    scores = task.model.score_all(vecs, items).float()
+                    scores[new] = popularity  # ids training never saw: the popularity fallback
+                    top = topk_lists(scores, k, exclude)
+                    best = scores.gather(1, top.clamp(min=0))
+                else:
+                    top, best = _faiss_topk(ann, vecs.float(), k, exclude)
+                    if new.any():
+                        pop = popularity.expand(int(new.sum()), -1)
+                        top[new] = topk_lists(pop, k, exclude[new])
+                        best[new] = pop.gather(1, top[new].clamp(min=0))
+                source = np.where(new_users[u], "popularity", "model")
+                writer.write_table(_rows(raw_users.take(pa.array(u)), top, best, raw_items, source))
                 written += len(u)
             if unknown:
                 order = np.argsort(-cat.train_count, kind="stable")[:k]
                 top = torch.from_numpy(np.tile(order, (len(unknown), 1)))
                 score = torch.from_numpy(np.tile(cat.train_count[order].astype(np.float32), (len(unknown), 1)))
-                writer.write_table(_rows(pa.array(unknown, pa.string()), top, score, raw_items, "popularity"))
+                writer.write_table(_rows(pa.array(unknown, pa.string()), top, score, raw_items,
+                                         np.full(len(unknown), "popularity")))
                 written += len(unknown)
         os.replace(tmp, out)
     except BaseException:
@@ -119,8 +180,10 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
     return written
 
 
-def _rows(users: pa.Array, top: torch.Tensor, scores: torch.Tensor, raw_items: pa.Array, source: str) -> pa.Table:
-    """Long format: one row per (user, rank); positions a user has no item for are dropped."""
+def _rows(users: pa.Array, top: torch.Tensor, scores: torch.Tensor, raw_items: pa.Array,
+          source: np.ndarray) -> pa.Table:
+    """Long format: one row per (user, rank); positions a user has no item for are dropped.
+    `source` (n,) says per user what ranked its items ("model" or "popularity")."""
     n, k = top.shape
     valid = (top >= 0).numpy().ravel()
     user_idx = np.repeat(np.arange(n), k)[valid]
@@ -130,5 +193,5 @@ def _rows(users: pa.Array, top: torch.Tensor, scores: torch.Tensor, raw_items: p
         "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid]),
         "item": raw_items.take(pa.array(items)),
         "score": pa.array(scores.numpy().ravel()[valid].astype(np.float32)),
-        "source": pa.array([source] * len(items), pa.string()),
+        "source": pa.array(np.repeat(source, k)[valid].astype(str), pa.string()),
     }, schema=SCHEMA)

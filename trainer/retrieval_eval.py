@@ -14,6 +14,11 @@ Items held out of training entirely (`convert interactions --cold-items`) are re
 apart as `cold_*`: those users' cold test items ranked among the cold items only. The
 popularity baseline scores the same lists by training counts (and, for cold items, which
 have none, by the training count of their category: the side-feature fallback).
+
+Users without training interactions (`convert interactions --cold-users`) are served as
+`shardrec recommend` serves them: from their side features by a model that can
+(`scores_new_users`: two_tower), else by the popularity list; their metrics are reported
+apart as `cold_user_*` as well (and `popularity_cold_user_*`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ class RetrievalData:
         if not int(self.catalogue.info.get("cold_items", 0)):
             return np.zeros(self.catalogue.num_items, dtype=bool)
         return self.catalogue.train_count == 0
+
+
+def scores_new_users(model) -> bool:
+    """Whether `model` scores a user who has no training interactions itself (from side
+    features, as two_tower does); other models' ids of such users were never trained, so
+    they are served the popularity list instead."""
+    return bool(getattr(model, "scores_new_users", False))
 
 
 def _rank_and_size() -> tuple[int, int]:
@@ -124,8 +136,15 @@ def evaluate_topk(task, data: RetrievalData, split: str, ks: list[int], device: 
             accs["popularity_cold_"] = TopKAccumulator(ks, cat.num_items, **kw)
     cold_t = torch.from_numpy(cold).to(device)
     kmax = min(max(ks), cat.num_items)
+    all_users = np.flatnonzero(target.counts() > 0)
+    new_users = data.splits[train_split].counts() == 0  # (U,) bool
+    serves_new = scores_new_users(task.model)
+    if new_users[all_users].any():
+        accs["cold_user_"] = TopKAccumulator(ks, cat.num_items, **kw)
+        if baseline:
+            accs["popularity_cold_user_"] = TopKAccumulator(ks, cat.num_items, **kw)
 
-    users = np.flatnonzero(target.counts() > 0)[rank::world]
+    users = all_users[rank::world]
     chunks = _max_over_ranks(math.ceil(len(users) / users_per_chunk))
     for c in range(chunks):
         u = users[c * users_per_chunk:(c + 1) * users_per_chunk]
@@ -137,6 +156,9 @@ def evaluate_topk(task, data: RetrievalData, split: str, ks: list[int], device: 
         if not real:
             continue
         scores = task.model.score_all(user_vecs, items).float()
+        new = torch.from_numpy(new_users[u]).to(device)
+        if not serves_new and new.any():
+            scores[new] = pop  # the popularity fallback, as recommend serves them
         exclude = seen[0].mask(u, cat.num_items).to(device)
         for s in seen[1:]:
             exclude |= s.mask(u, cat.num_items).to(device)
@@ -144,8 +166,13 @@ def evaluate_topk(task, data: RetrievalData, split: str, ks: list[int], device: 
         for prefix, acc in accs.items():
             s = pop.expand_as(scores) if prefix.startswith("popularity_") else scores
             ex, rel = exclude, relevant
-            if "cold_" in prefix:  # rank the cold items only, for their cold test items
+            kind = prefix.removeprefix("popularity_")
+            if kind == "cold_":  # rank the cold items only, for their cold test items
                 ex, rel = exclude | ~cold_t, relevant & cold_t
+            elif kind == "cold_user_":  # the users without training interactions only
+                if not new.any():
+                    continue
+                s, ex, rel = s[new], ex[new], rel[new]
             acc.update(topk_lists(s, kmax, ex), rel)
     out = {}
     for prefix, acc in accs.items():

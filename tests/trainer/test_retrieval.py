@@ -43,6 +43,19 @@ def _log(folder: Path) -> tuple[Path, Path]:
     return log, items
 
 
+def _segments(folder: Path) -> Path:
+    """users.csv: each user's segment, the category they like (a side feature that knows
+    their taste without any interaction)."""
+    rng = np.random.default_rng(0)
+    liked = []
+    for _ in range(USERS):  # the same draws as _log
+        liked.append(int(rng.integers(CATEGORIES)))
+        rng.choice(20, 14, replace=False), rng.choice(ITEMS, 3, replace=False)
+    users = folder / "users.csv"
+    users.write_text("user,segment\n" + "".join(f"u{u},s{c}\n" for u, c in enumerate(liked)))
+    return users
+
+
 @pytest.fixture(scope="module")
 def clustered(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("clustered")
@@ -50,6 +63,18 @@ def clustered(tmp_path_factory) -> str:
     out = folder / "data"
     convert_interactions([log], out, "user", "item", time="ts", item_features=items, item_key="item",
                          item_sparse=["category"], cold_items=0.1, seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def cold_users(tmp_path_factory) -> str:
+    """The same log, with user segments, and 10% of the users held out of training."""
+    folder = tmp_path_factory.mktemp("cold_users")
+    log, items = _log(folder)
+    out = folder / "data"
+    convert_interactions([log], out, "user", "item", time="ts", user_features=_segments(folder), user_key="user",
+                         user_sparse=["segment"], item_features=items, item_key="item", item_sparse=["category"],
+                         cold_users=0.1, seed=0)
     return str(out)
 
 
@@ -176,3 +201,63 @@ def test_export_and_predict_point_a_retrieval_run_to_recommend(mf_run, tmp_path)
     with pytest.raises(UserError, match="`shardrec recommend --run-dir"):
         export_run(run_dir, tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_cold_users_are_held_out_and_reported_apart(cold_users, tmp_path):
+    """Users without training interactions: two towers rank for them from their segment,
+    mf (whose ids of them never trained) serves them the popularity list; both report them
+    as cold_user_* beside the metrics over every user."""
+    train = pq.read_table(Path(cold_users) / "train").column("user_id").to_numpy()
+    valid = pq.read_table(Path(cold_users) / "valid").column("user_id").to_numpy()
+    test = pq.read_table(Path(cold_users) / "test").column("user_id").to_numpy()
+    held_out = np.setdiff1d(test, train)
+    assert len(held_out) == USERS // 10 and not np.isin(held_out, valid).any()
+    tt = _train("two_tower", cold_users, tmp_path / "tt", "--optimizer.name=adam", "--optimizer.lr=0.003")
+    assert tt["cold_user_users"] == len(held_out)
+    assert tt["cold_user_recall@10"] > tt["popularity_cold_user_recall@10"] + 0.2, tt
+    mf = _train("mf", cold_users, tmp_path / "mf")
+    for key in ("recall@10", "ndcg@10", "coverage@10"):
+        assert mf[f"cold_user_{key}"] == pytest.approx(mf[f"popularity_cold_user_{key}"]), key
+    assert mf["recall@10"] > mf["popularity_recall@10"] + 0.15, mf
+
+    out = tmp_path / "recs.parquet"
+    users = tmp_path / "users.txt"
+    raw = pq.read_table(Path(cold_users) / "users.parquet").column("raw_user").to_pylist()
+    users.write_text(f"{raw[held_out[0]]}\n{raw[int(train[0])]}\n")
+    proc = subprocess.run([sys.executable, "-m", "shardrec", "recommend", "--run-dir", str(tmp_path / "mf"), "--k", "3",
+                           "--users", str(users), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pq.read_table(out).column("source").to_pylist() == ["popularity"] * 3 + ["model"] * 3
+
+
+def test_recommend_with_a_faiss_index_finds_the_exact_lists(mf_run, tmp_path):
+    pytest.importorskip("faiss")
+    run_dir, _ = mf_run
+    lists = {}
+    for index in ("exact", "faiss"):
+        out = tmp_path / f"{index}.parquet"
+        proc = subprocess.run([sys.executable, "-m", "shardrec", "recommend", "--run-dir", str(run_dir), "--k", "10",
+                               "--index", index, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lists[index] = pq.read_table(out).to_pandas()
+    exact, ann = lists["exact"], lists["faiss"]
+    assert len(ann) == len(exact) == USERS * 10
+    same = exact.merge(ann, on=["user", "item"]).shape[0] / len(exact)
+    assert same > 0.98, same  # HNSW over 200 items misses (almost) nothing
+    merged = exact.merge(ann, on=["user", "rank"])
+    hits = merged[merged.item_x == merged.item_y]
+    np.testing.assert_allclose(hits.score_x, hits.score_y, rtol=1e-4, atol=1e-5)
+
+
+def test_recommend_refuses_faiss_for_a_model_that_is_not_an_inner_product(clustered, tmp_path):
+    pytest.importorskip("faiss")
+    run_dir = tmp_path / "ncf"
+    _train("ncf", clustered, run_dir, "--train.epochs=1")
+    proc = subprocess.run([sys.executable, "-m", "shardrec", "recommend", "--run-dir", str(run_dir), "--k", "5",
+                           "--index", "faiss", "--out", str(tmp_path / "r.parquet")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--index faiss ranks by inner product; ncf" in proc.stderr
+    assert not (tmp_path / "r.parquet").exists()

@@ -8,12 +8,20 @@ whole catalogue; one that does not stays near chance (HR@10 about 0.1 and 0.1).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 from shardrec.configs.errors import UserError
 from shardrec.configs.loader import load_config
 from shardrec.data_pipeline.convert_interactions import convert_interactions
+from shardrec.data_pipeline.interactions import load_catalogue
+from shardrec.data_pipeline.schema import load_schema
 from shardrec.trainer.loop import run
+from shardrec.trainer.models.sequential import FLAVORS, HISTORY, GRU4Rec, SASRec
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
 ITEMS = 100
 
@@ -25,7 +33,7 @@ def ring(tmp_path_factory) -> str:
     lines = [f"u{u} i{(start + k) % ITEMS}\n" for u, start in enumerate(rng.integers(0, ITEMS, 400)) for k in range(12)]
     (folder / "log.txt").write_text("".join(lines))
     convert_interactions([folder / "log.txt"], folder / "data", "user", "item", columns=["user", "item"],
-                         header=False, delimiter=" ", split="leave_last_out", history=10)
+                         header=False, delimiter=" ", split="leave_last_out", history=10, train_sequences=True)
     return str(folder / "data")
 
 
@@ -52,3 +60,60 @@ def test_next_item_models_need_a_history(tmp_path):
     cfg = load_config("sasrec_video_games", [f"--dataset.path={tmp_path / 'data'}", f"--run_dir={tmp_path / 'r'}"])
     with pytest.raises(UserError, match="convert it with `shardrec convert interactions ... --history 50`"):
         run(cfg)
+
+
+def test_train_sequences_hold_each_users_last_training_row(ring):
+    train = pq.read_table(Path(ring) / "train").to_pylist()
+    seqs = pq.read_table(Path(ring) / "train_sequences").to_pylist()
+    assert len(seqs) == 400 and len({r["user_id"] for r in seqs}) == 400
+    last = {}
+    for r in train:  # rows are in (user, time) order
+        last[r["user_id"]] = r
+    assert seqs == [last[r["user_id"]] for r in seqs]
+    # 12 events: 10 train; the last train row's history is the 9 before it.
+    assert {len(r[HISTORY]) for r in seqs} == {9}
+
+
+@pytest.mark.parametrize("cls", [SASRec, GRU4Rec])
+def test_every_position_sees_only_its_prefix(ring, cls):
+    """With one negative per position, position j's state is exactly the last-position state
+    of the row cut after item j (causal), and its target is the item that follows it."""
+    torch.manual_seed(0)
+    schema = load_schema(ring)
+    cat = load_catalogue(ring, schema)
+    model = cls(schema, FLAVORS["debug"], torch.device("cpu")).eval()
+    hist = [[3, 4, 5, 6], [7], []]
+    items = np.array([7, 8, 9])
+
+    def kjt(histories, targets, counts=None):
+        jt = JaggedTensor(values=torch.tensor([i for h in histories for i in h], dtype=torch.long),
+                          lengths=torch.tensor([len(h) for h in histories], dtype=torch.int32))
+        negs = np.zeros(int(sum(counts)) if counts is not None else len(targets), np.int64)
+        return cat.kjt(np.zeros(len(targets), np.int64), targets, negs, {HISTORY: jt}, counts)
+
+    user, target, neg, _ = model(kjt(hist, items, np.array([4, 1, 1])))
+    assert user.shape == target.shape == neg.shape == (6, 8)
+    prefixes = [[3], [3, 4], [3, 4, 5], [3, 4, 5, 6], [7], []]
+    following = np.array([4, 5, 6, 7, 8, 9])
+    alone, item, _, _ = model(kjt(prefixes, following))
+    torch.testing.assert_close(user, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(target, item)
+
+
+def test_sasrec_trains_on_every_position_of_per_user_rows(ring, tmp_path):
+    cfg = load_config("sasrec_video_games", [
+        f"--dataset.path={ring}", f"--run_dir={tmp_path / 'run'}", "--train.epochs=30", "--train.batch_size=64",
+        "--train.progress=false", "--model.flavor=debug", "--embeddings.lr=0.1", "--optimizer.lr=0.01",
+        "--train.early_stopping.patience=4", "--eval.batch_size=256", "--dataset.train_split=train_sequences",
+        "--retrieval.train_positions=all"])
+    s = run(cfg)
+    assert s["hr@10"] > 0.6, s
+    assert s["hr@10_full"] > 0.4, s
+
+
+def test_train_positions_all_is_refused_where_it_cannot_work(ring, tmp_path):
+    cfg = load_config("sasrec_video_games", [f"--dataset.path={ring}", f"--run_dir={tmp_path / 'r'}",
+                                             "--retrieval.train_positions=all", "--retrieval.loss=softmax"])
+    with pytest.raises(UserError, match="needs retrieval.loss bce or bpr"):
+        run(cfg)
+    assert not (tmp_path / "r").exists()

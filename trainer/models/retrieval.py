@@ -147,6 +147,8 @@ class TwoTower(DotModel):
     zero, so an item (or user) absent from training is scored from its side features alone:
     the cold-start path."""
 
+    scores_new_users = True  # a user without training interactions is their side features
+
     def __init__(self, schema: DatasetSchema, flavor: TwoTowerFlavor, device: torch.device):
         super().__init__()
         info = schema.interactions

@@ -7,13 +7,17 @@ table (TorchRec's EmbeddingCollection, sharded by embeddings/ with the fused opt
 serves all three keys. Notation: B rows, L the longest history in the batch, d the width.
 
     SASRec:  H = blocks of causal self-attention over E[hist] + P       (B, L, d)
-             user = H at each row's last real position                  (B, d)
-    GRU4Rec: user = W h_n, h_n the GRU's state after the last item      (B, d)
+    GRU4Rec: H = W h_j, h_j the GRU's state after item j               (B, L, d)
+    user = H at each row's last real position                           (B, d)
     score(user, item) = <user, E[item]>
 
-    forward(kjt) -> (user (B, d), item (B, d), negative (B, d), reg (B,))
+    forward(kjt) -> (user (N, d), item (N, d), negative (N, d), reg (N,))
 
-as the retrieval models, so RetrievalTask trains them (SASRec's own loss is `bce`). A row
+as the retrieval models, so RetrievalTask trains them (SASRec's own loss is `bce`). N = B
+when each row has one negative (the row's event is the target); with
+`retrieval.train_positions=all` the reader gives each row one negative per position and
+every position j is trained to predict the item after it (hist[j + 1], the row's item
+after the last): SASRec's training, on `--train-rows per-user` data one row per user. A row
 with an empty history (a user's first event) is scored from position 0 alone (the learned
 "nothing yet" state).
 """
@@ -79,17 +83,31 @@ class _Sequential(DotModel):
         self.p = flavor.dropout
 
     def lookups(self, kjt: KeyedJaggedTensor):
-        """(item (B, d), negative (B, d), history (B, L, d) zero-padded, lengths (B,))."""
+        """(item (B, d), negatives (N, d), history (B, L, d) zero-padded, lengths (B,),
+        negatives per row (B,): each row's supervised positions, N in all)."""
         e = self.items(kjt)
-        hist = e[HISTORY]
+        hist, neg = e[HISTORY], e[NEG + ITEM]
         lengths = hist.lengths()
         longest = max(int(lengths.max()), 1) if lengths.numel() else 1
-        return e[ITEM].values(), e[NEG + ITEM].values(), hist.to_padded_dense(desired_length=longest), lengths
+        return (e[ITEM].values(), neg.values(), hist.to_padded_dense(desired_length=longest), lengths,
+                neg.lengths())
 
     def forward(self, kjt: KeyedJaggedTensor):
-        item, neg, hist, lengths = self.lookups(kjt)
-        user = self.encode_history(hist, lengths)
-        return user, item, neg, item.pow(2).sum(-1) + neg.pow(2).sum(-1)
+        """Row b's last `counts[b]` positions, each with the item that follows it (the next
+        history item; the row's own item after the last) and its own negative: with one
+        negative a row, the row's event alone (evaluation, serving, train_positions=last);
+        with max(length, 1), every position (SASRec's training). -> (user (N, d), item (N, d),
+        negative (N, d), reg (N,))."""
+        item, neg, hist, lengths, counts = self.lookups(kjt)
+        states = self.encode_positions(hist, lengths)  # (B, L, d)
+        b, length, d = hist.shape
+        ends = lengths.long().clamp(min=1)  # a row without history is read at its position 0
+        j = torch.arange(length, device=hist.device)[None]
+        chosen = (j >= (ends - counts.long())[:, None]) & (j < ends[:, None])  # (B, L), row-major = neg's order
+        following = torch.cat([hist[:, 1:], hist.new_zeros(b, 1, d)], 1)
+        following = torch.where((j == (ends - 1)[:, None])[..., None], item[:, None, :], following)
+        target = following[chosen]
+        return states[chosen], target, neg, target.pow(2).sum(-1) + neg.pow(2).sum(-1)
 
 
 class CausalBlock(nn.Module):
@@ -125,15 +143,14 @@ class SASRec(_Sequential):
         self.blocks = nn.ModuleList(CausalBlock(d, flavor.heads, flavor.dropout, device) for _ in range(flavor.blocks))
         self.norm = nn.LayerNorm(d, device=device)
 
-    def encode_history(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode_positions(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) history -> (B, L, d): position j's state has seen items 0..j."""
         # Histories are right-padded and attention is causal, so no real position sees a pad.
-        b, length, _ = hist.shape
-        pos = torch.arange(length, device=hist.device).clamp(max=self.position.num_embeddings - 1)
+        pos = torch.arange(hist.shape[1], device=hist.device).clamp(max=self.position.num_embeddings - 1)
         x = dropout(hist * self.scale + self.position(pos)[None], self.p, self.training)
         for block in self.blocks:
             x = block(x)
-        last = (lengths.long() - 1).clamp(min=0)
-        return self.norm(x[torch.arange(b, device=x.device), last])
+        return self.norm(x)
 
 
 class GRU4Rec(_Sequential):
@@ -143,15 +160,15 @@ class GRU4Rec(_Sequential):
         self.gru = nn.GRU(d, d, num_layers=flavor.blocks, batch_first=True, device=device)
         self.out = nn.Linear(d, d, device=device)
 
-    def encode_history(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode_positions(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) history -> (B, L, d): the GRU's output after items 0..j; a row without
+        history gets the output layer's bias (the learned "nothing yet")."""
         if self.gru._flat_weights[0] is not self.gru.weight_ih_l0:
             # DMP materialises meta parameters by replacing them; nn.GRU keeps its own list of
             # the old ones until told to rebuild it.
             self.gru._init_flat_weights()
         out, _ = self.gru(dropout(hist, self.p, self.training))
-        last = (lengths.long() - 1).clamp(min=0)
-        state = out[torch.arange(hist.shape[0], device=hist.device), last]
-        return self.out(state * (lengths > 0)[:, None])
+        return self.out(out * (lengths > 0)[:, None, None])
 
 
 FLAVORS = {"debug": SequentialFlavor(8, blocks=1), "small": SequentialFlavor(64, blocks=2, dropout=0.5)}
