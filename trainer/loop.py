@@ -190,9 +190,14 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
                        pin_memory=env.device.type == "cuda")
 
 
-def check_train_positions(cfg: Config, kind: str) -> None:
-    """retrieval.train_positions=all: a next-item model, one drawn negative per position."""
+def check_train_positions(cfg: Config, schema: DatasetSchema, kind: str) -> None:
+    """retrieval.train_positions=all: a next-item model, one drawn negative per position;
+    dataset.train_split=train_sequences: the data set has it."""
     r = cfg.retrieval
+    if cfg.dataset.train_split == SEQUENCE_SPLIT and SEQUENCE_SPLIT not in schema.splits:
+        raise UserError(f"dataset.train_split={SEQUENCE_SPLIT}: '{cfg.dataset.path}' has no such split; convert it "
+                        "with `shardrec convert interactions ... --history N --train-sequences` (one row per user), "
+                        "or train on its events with --dataset.train_split=train")
     if r.train_positions == "last":
         return
     if kind != "sequential":
@@ -346,7 +351,7 @@ def _run(cfg: Config, env: DistEnv) -> dict:
         require_interactions(schema, cfg.dataset.path, cfg.model.name)
         if kind == "sequential":
             require_history(schema, cfg.model.name)
-        check_train_positions(cfg, kind)
+        check_train_positions(cfg, schema, kind)
         # Next-item evaluation draws its candidates among items the user never had: every split.
         splits = list(schema.splits) if kind == "sequential" else []
         data = RetrievalData.load(cfg.dataset.path, schema,

@@ -12,7 +12,8 @@ from torchrec.datasets.utils import Batch
 
 
 class ClickTask(nn.Module):
-    """Binary cross-entropy on logits.
+    """Binary cross-entropy on logits, plus the model's own auxiliary loss where it has one:
+    a model may return (logits, auxiliary loss ()) in training (DIEN does).
 
     forward(batch) -> (loss (), (loss.detach() (), logits (B,), labels (B,)))
     """
@@ -28,8 +29,13 @@ class ClickTask(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
-            logits = self.model(batch.dense_features, batch.sparse_features).squeeze(-1)
+            out = self.model(batch.dense_features, batch.sparse_features)
+        aux = None
+        if isinstance(out, tuple):
+            out, aux = out
         # The loss (and so every gradient's start) is computed in fp32.
-        logits = logits.float()
+        logits = out.squeeze(-1).float()
         loss = self.loss_fn(logits, batch.labels)
+        if aux is not None:
+            loss = loss + aux.float()
         return loss, (loss.detach(), logits.detach(), batch.labels)
