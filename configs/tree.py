@@ -270,7 +270,8 @@ class RetrievalConfig:
     # Next-item models: which positions of each training row's history are supervised. last:
     # the row's own event only (one target a row); all: every position predicts the item
     # after it (SASRec's and GRU4Rec's training), with its own drawn negative. `all` suits
-    # data converted with `--train-rows per-user` (one row per user: its whole sequence).
+    # the split `convert interactions --train-sequences` writes (dataset.train_split=
+    # train_sequences: one row per user, its whole training sequence).
     train_positions: Literal["last", "all"] = "last"
 
 

@@ -79,9 +79,10 @@ def worker(rank: int, world_size: int, init_file: str, data_dir: str, init_ckpt:
         cfg = config(data_dir, schema, case)
         model, optimizer = build_sharded_task(schema, cfg, env)
         state = {"model": model.state_dict()}
-        if not Path(init_ckpt).exists():  # the first (reference) world writes the initial weights
-            dcp.save(state, checkpoint_id=init_ckpt)
-        dcp.load(state, checkpoint_id=init_ckpt)
+        ckpt = f"{init_ckpt}-{case.get('preset', 'tiny')}"  # one set of initial weights per model
+        if not Path(ckpt).exists():  # the first (reference) world writes the initial weights
+            dcp.save(state, checkpoint_id=ckpt)
+        dcp.load(state, checkpoint_id=ckpt)
         model.load_state_dict(state["model"])
 
         pipelined = traceable(cfg.model.name)

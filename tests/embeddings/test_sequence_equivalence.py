@@ -1,5 +1,5 @@
 """Behaviour-history tables (unpooled EmbeddingCollection, shared by the target item and its
-history) sharded table-wise and row-wise over 2 gloo ranks train DIN exactly as 1 process:
+history) sharded table-wise and row-wise over 2 gloo ranks train DIN and DIEN exactly as 1 process:
 same initial weights, same global batches, plain SGD (see equivalence_worker.py)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from equivalence_worker import worker
 from history_data import history_dataset
 
 TYPES = ["table_wise", "row_wise"]
+MODELS = ["din", "dien"]
 
 
 def _run(world_size: int, tmp, data: str, cases: dict, tag: str) -> dict:
@@ -26,16 +27,19 @@ def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sequence_equivalence")
     data = history_dataset(tmp / "data", sizes={"train": 12000, "valid": 1000, "test": 3000},
                            item_bias=True)
-    case = {"preset": "din_movielens", "overrides": ["--model.flavor=debug", "--model.dropout=0"], "lr": 0.5}
-    reference = _run(1, tmp, data, {"reference": {**case, "all": "table_wise"}}, "single")["reference"]
-    return reference, _run(2, tmp, data, {t: {**case, "all": t} for t in TYPES}, "sharded")
+    cases = {m: {"preset": f"{m}_movielens", "overrides": ["--model.flavor=debug", "--model.dropout=0"], "lr": 0.5}
+             for m in MODELS}
+    reference = _run(1, tmp, data, {m: {**c, "all": "table_wise"} for m, c in cases.items()}, "single")
+    return reference, _run(2, tmp, data, {f"{m}:{t}": {**c, "all": t} for m, c in cases.items() for t in TYPES},
+                           "sharded")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", TYPES)
-def test_sequence_tables_sharded_over_two_ranks_match_one_process(results, case):
-    reference, sharded = results
-    got = sharded[case]
+def test_sequence_tables_sharded_over_two_ranks_match_one_process(results, model, case):
+    references, sharded = results
+    reference, got = references[model], sharded[f"{model}:{case}"]
     assert "t_item_id" in got["plan"] and set(got["plan"].values()) == {case}
     assert got["losses"] == pytest.approx(reference["losses"], rel=1e-4)
     assert got["auc"] == pytest.approx(reference["auc"], abs=1e-4)

@@ -1,4 +1,4 @@
-"""DIN and BST read the order and content of a behaviour history (sequence feature).
+"""DIN, BST and DIEN read the order and content of a behaviour history (sequence feature).
 
 Synthetic clicks: 400 items in 8 groups of 50; a row's history is 3-12 earlier items, all
 but one or two from one group (the user's current taste); the label is 1 when the target
@@ -30,7 +30,7 @@ def _auc(model: str, data: str, run_dir) -> float:
     return run(cfg)["auc"]
 
 
-@pytest.mark.parametrize("model", ["din", "bst"])
+@pytest.mark.parametrize("model", ["din", "bst", "dien"])
 def test_history_models_use_the_sequence(histories, tmp_path, model):
     torch.manual_seed(0)
     real = _auc(model, histories["real"], tmp_path / "real")
