@@ -171,6 +171,20 @@ def test_cold_items_go_to_test_only(tmp_path):
     assert again.splits == schema.splits
 
 
+def test_cold_users_go_to_test_only(tmp_path):
+    src = _grid(tmp_path / "log.csv", users=30, items=20, seed=4)
+    schema = convert_interactions([src], tmp_path / "d", "user", "item", time="ts", cold_users=0.2, seed=5)
+    assert schema.interactions["cold_users"] == 6
+    users = {s: set(_split(tmp_path / "d", s).column("user_id").to_pylist()) for s in ("train", "valid", "test")}
+    cold = users["test"] - users["train"] - users["valid"]
+    assert len(cold) == 6 and len(users["train"]) == 24
+    every = pcsv.read_csv(src, convert_options=pcsv.ConvertOptions(column_types={"user": pa.string()}))
+    raw = pq.read_table(tmp_path / "d" / "users.parquet").column("raw_user").to_pylist()
+    test_users = _split(tmp_path / "d", "test").column("user_id").to_pylist()
+    for u in cold:  # every row of a cold user is in test
+        assert test_users.count(u) == every.column("user").to_pylist().count(raw[u])
+
+
 def test_features_join_with_missing_rows_multi_hot_and_flags(tmp_path):
     src = _csv(tmp_path / "log.csv", "user,item", [(1, "m1"), (2, "m2"), (3, "m1"), (1, "m3")])
     (tmp_path / "users.txt").write_text("1|25|M|a;b\n2|7|F|\n4|100|M|c\n")  # user 3 has no row
@@ -253,6 +267,9 @@ def test_other_formats_sniffing_and_encoding(tmp_path):
     ({"history": 2, "history_features": "age"}, r"--history-features 'age': not an item feature \(item features: none\)"),
     ({"category": "genre"}, r"--category 'genre': not an item feature \(item features: none\)"),
     ({"cold_items": 1.0}, r"--cold-items 1.0: expected a fraction"),
+    ({"cold_users": -0.1}, r"--cold-users -0.1: expected a fraction of the users in \[0, 1\)"),
+    ({"train_sequences": True}, r"--train-sequences writes each user's training sequence as a history: it needs "
+                                r"--history N"),
 ])
 def test_option_errors(tmp_path, monkeypatch, kwargs, message):
     monkeypatch.chdir(tmp_path)
