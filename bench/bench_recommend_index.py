@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
+from shardrec.data_pipeline.interactions import UserItems
 from shardrec.trainer.recommend import _faiss_index, _faiss_topk
 from shardrec.trainer.topk_metrics import topk_lists
 
@@ -42,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     centres = torch.randn(1000, args.dim, generator=g)
     items = clustered(args.items, centres, 0.5, g)
     users = clustered(args.users, centres, 0.5, g)
-    seen = torch.zeros(args.users, args.items, dtype=torch.bool)
-    seen.scatter_(1, torch.randint(args.items, (args.users, 50), generator=g), True)
+    pairs = np.random.default_rng(0).integers(0, args.items, (args.users, 50))
+    seen = UserItems(np.repeat(np.arange(args.users), 50), pairs.ravel(), args.users)
+    ids = np.arange(args.users)
 
     start = time.perf_counter()
     exact = []
-    for s in range(0, args.users, args.chunk):
-        exact.append(topk_lists(users[s:s + args.chunk] @ items.T, args.k, seen[s:s + args.chunk]))
+    for s in range(0, args.users, args.chunk):  # as recommend: the users' seen items as a mask
+        exact.append(topk_lists(users[s:s + args.chunk] @ items.T, args.k, seen.mask(ids[s:s + args.chunk], args.items)))
     scan_s = time.perf_counter() - start
     exact = torch.cat(exact)
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     index = _faiss_index(items)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
-    found = torch.cat([_faiss_topk(index, users[s:s + args.chunk], args.k, seen[s:s + args.chunk])[0]
+    found = torch.cat([_faiss_topk(index, users[s:s + args.chunk], args.k, ids[s:s + args.chunk], seen)[0]
                        for s in range(0, args.users, args.chunk)])
     query_s = time.perf_counter() - start
     recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact, found)) / exact.numel()

@@ -4,9 +4,8 @@ A ShardReader reads this rank's share of the interactions (row groups balanced o
 shuffle window, exact mid-epoch position); each of its batches becomes a catalogue batch
 (data_pipeline/interactions.py) with one negative per row from the NegativeSampler (with
 `all_positions`, a sequence model's: one per supervised position of the row's history, that
-is max(history length, 1)). The
-draw for batch k of epoch e on rank r is seeded by (seed, r, e, k), so a run resumed
-mid-epoch sees the same negatives it would have seen.
+is max(history length, 1)). The draw for batch k of epoch e on rank r is seeded by (seed, r,
+e, k), so a run resumed mid-epoch sees the same negatives it would have seen.
 """
 
 from __future__ import annotations

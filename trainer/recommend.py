@@ -15,7 +15,8 @@ With `index="faiss"` (`--index faiss`, needs faiss-cpu) an inner-product model's
 looked up in a FAISS HNSW graph of the item vectors instead: approximate (the lists may
 miss an item the exact scan would rank), but about log(I) work per user instead of I, for
 catalogues of millions of items. FAISS returns the nearest K + (the most items a user of
-the chunk has seen) items, and the seen ones are dropped from those.
+the chunk has seen) items, and the seen ones are dropped from those (a membership test, no
+users x items mask).
 
 Output columns: user (the raw id), rank (1..K), item (raw id), score (float32), source.
 """
@@ -84,23 +85,27 @@ def _faiss_index(items: torch.Tensor):
     except ImportError:
         raise UserError("--index faiss needs the faiss-cpu package: pip install faiss-cpu "
                         "(or use --index exact)") from None
+    # FAISS's OpenMP threads spin while they wait: as many as torch may use, no more.
+    faiss.omp_set_num_threads(torch.get_num_threads())
     index = faiss.IndexHNSWFlat(items.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
     index.add(np.ascontiguousarray(items.numpy(), dtype=np.float32))
     return index
 
 
-def _faiss_topk(index, users: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, k) item indices (-1 where fewer are left) and their scores for the (n, d) user
-    vectors, the items `exclude` (n, I) marks dropped."""
-    wanted = min(k + int(exclude.sum(1).max()), exclude.shape[1])
+def _faiss_topk(index, vectors: torch.Tensor, k: int, users: np.ndarray,
+                seen: UserItems) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) item indices (-1 where fewer are left) and their scores for the (n, d) vectors
+    of `users` (n,), the items each has in `seen` dropped. No (n, I) mask is made: the
+    index returns k + (the most items one of these users has) neighbours, and those found
+    are tested for membership."""
+    wanted = min(k + int(seen.counts()[users].max()), index.ntotal)
     index.hnsw.efSearch = max(64, wanted)  # HNSW returns at most efSearch neighbours
-    score, found = (torch.from_numpy(a) for a in index.search(np.ascontiguousarray(users.numpy(), np.float32), wanted))
-    found = found.long()
-    drop = (found < 0) | exclude.gather(1, found.clamp(min=0))
-    keep = torch.argsort(drop.int(), dim=1, stable=True)[:, :k]  # kept ones first, best first
-    top, score, drop = found.gather(1, keep), score.gather(1, keep), drop.gather(1, keep)
-    return top.masked_fill(drop, -1), score
+    score, found = index.search(np.ascontiguousarray(vectors.numpy(), np.float32), wanted)
+    drop = (found < 0) | seen.contains(np.repeat(users, wanted), found.clip(min=0).ravel()).reshape(found.shape)
+    keep = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept ones first, best first
+    top = np.where(np.take_along_axis(drop, keep, 1), -1, np.take_along_axis(found, keep, 1))
+    return torch.from_numpy(top.astype(np.int64)), torch.from_numpy(np.take_along_axis(score, keep, 1))
 
 
 def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoint: str | None = None,
@@ -149,19 +154,19 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
             for start in range(0, len(chosen), chunk):
                 u = chosen[start:start + chunk]
                 zeros = np.zeros(len(u), dtype=np.int64)
-                new, exclude = torch.from_numpy(new_users[u]), seen.mask(u, cat.num_items)
+                new = torch.from_numpy(new_users[u])
                 with torch.no_grad():
                     vecs = task.encode(cat.kjt(u, zeros, zeros))[0]
                 if ann is None:
                     scores = task.model.score_all(vecs, items).float()
                     scores[new] = popularity  # ids training never saw: the popularity fallback
-                    top = topk_lists(scores, k, exclude)
+                    top = topk_lists(scores, k, seen.mask(u, cat.num_items))
                     best = scores.gather(1, top.clamp(min=0))
                 else:
-                    top, best = _faiss_topk(ann, vecs.float(), k, exclude)
+                    top, best = _faiss_topk(ann, vecs.float(), k, u, seen)
                     if new.any():
                         pop = popularity.expand(int(new.sum()), -1)
-                        top[new] = topk_lists(pop, k, exclude[new])
+                        top[new] = topk_lists(pop, k, seen.mask(u[new_users[u]], cat.num_items))
                         best[new] = pop.gather(1, top[new].clamp(min=0))
                 source = np.where(new_users[u], "popularity", "model")
                 writer.write_table(_rows(raw_users.take(pa.array(u)), top, best, raw_items, source))
