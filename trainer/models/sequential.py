@@ -57,6 +57,9 @@ class SequentialFlavor:
     blocks: int = 2  # SASRec: attention blocks; GRU4Rec: GRU layers
     heads: int = 1
     dropout: float = 0.2
+    # SASRec: position embeddings count from the row's newest item (0 = the latest), as the
+    # paper's left-padded sequences do, instead of from its oldest.
+    recency_positions: bool = False
 
 
 def require_history(schema: DatasetSchema, model: str) -> int:
@@ -139,6 +142,7 @@ class SASRec(_Sequential):
         if d % flavor.heads:
             raise UserError(f"sasrec: embedding_dim {d} is not divisible by {flavor.heads} heads")
         self.scale = d ** 0.5
+        self.recency = flavor.recency_positions
         self.position = PositionEmbedding(max(self.max_length, 1), d, device=device)
         self.blocks = nn.ModuleList(CausalBlock(d, flavor.heads, flavor.dropout, device) for _ in range(flavor.blocks))
         self.norm = nn.LayerNorm(d, device=device)
@@ -146,8 +150,11 @@ class SASRec(_Sequential):
     def encode_positions(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, L, d) history -> (B, L, d): position j's state has seen items 0..j."""
         # Histories are right-padded and attention is causal, so no real position sees a pad.
-        pos = torch.arange(hist.shape[1], device=hist.device).clamp(max=self.position.num_embeddings - 1)
-        x = dropout(hist * self.scale + self.position(pos)[None], self.p, self.training)
+        pos = torch.arange(hist.shape[1], device=hist.device)[None]
+        if self.recency:  # (B, L): how many items of the row come after this one
+            pos = (lengths.long()[:, None] - 1 - pos).clamp(min=0)
+        pos = pos.clamp(max=self.position.num_embeddings - 1)
+        x = dropout(hist * self.scale + self.position(pos).expand_as(hist), self.p, self.training)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -171,7 +178,8 @@ class GRU4Rec(_Sequential):
         return self.out(out * (lengths > 0)[:, None, None])
 
 
-FLAVORS = {"debug": SequentialFlavor(8, blocks=1), "small": SequentialFlavor(64, blocks=2, dropout=0.5)}
+FLAVORS = {"debug": SequentialFlavor(8, blocks=1), "small": SequentialFlavor(64, blocks=2, dropout=0.5),
+           "small_recency": SequentialFlavor(64, blocks=2, dropout=0.5, recency_positions=True)}
 
 
 def build_sasrec(schema: DatasetSchema, flavor: SequentialFlavor, device: torch.device) -> SASRec:
