@@ -127,6 +127,9 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
         raise UserError(f"--k must be between 1 and the catalogue size ({cat.num_items:,}), got {k}")
     task = RetrievalTask(build_model(schema, cfg.model, torch.device("cpu")), cfg.retrieval.loss,
                          cfg.retrieval.negatives, None)
+    if index == "faiss" and not isinstance(task.model, DotModel):
+        raise UserError(f"--index faiss ranks by inner product; {cfg.model.name} scores a pair with more than "
+                        "that (use --index exact)")
     path = resolve_checkpoint(run, checkpoint)
     load_checkpoint(path, task, fingerprint(cfg.model, schema))
     task.eval()
@@ -141,9 +144,6 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
     if scores_new_users(task.model):
         new_users[:] = False
     popularity = torch.from_numpy(cat.train_count.astype(np.float32))
-    if index == "faiss" and not isinstance(task.model, DotModel):
-        raise UserError(f"--index faiss ranks by inner product; {cfg.model.name} scores a pair with more than "
-                        "that (use --index exact)")
     ann = _faiss_index(items) if index == "faiss" else None
 
     out = Path(out)

@@ -251,13 +251,16 @@ def test_recommend_with_a_faiss_index_finds_the_exact_lists(mf_run, tmp_path):
     np.testing.assert_allclose(hits.score_x, hits.score_y, rtol=1e-4, atol=1e-5)
 
 
-def test_recommend_refuses_faiss_for_a_model_that_is_not_an_inner_product(clustered, tmp_path):
+def test_recommend_refuses_faiss_for_a_model_that_is_not_an_inner_product(mf_run, tmp_path):
+    """Refused before any checkpoint is read: the run folder below has none."""
     pytest.importorskip("faiss")
     run_dir = tmp_path / "ncf"
-    _train("ncf", clustered, run_dir, "--train.epochs=1")
+    run_dir.mkdir()
+    config = (mf_run[0] / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config.replace("name: mf", "name: ncf").replace("flavor: small", "flavor: debug"))
     proc = subprocess.run([sys.executable, "-m", "shardrec", "recommend", "--run-dir", str(run_dir), "--k", "5",
                            "--index", "faiss", "--out", str(tmp_path / "r.parquet")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0
-    assert "--index faiss ranks by inner product; ncf" in proc.stderr
+    assert "--index faiss ranks by inner product; ncf" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "r.parquet").exists()
