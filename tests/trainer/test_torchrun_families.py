@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from history_data import history_dataset
+from shardrec.data_pipeline import convert_interactions as convert_module
 from shardrec.data_pipeline.convert_interactions import convert_interactions
 from test_retrieval import _log
 from test_sequential import ITEMS
@@ -22,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("families")
+    with pytest.MonkeyPatch.context() as patch:
+        # Small row groups, so that both ranks get some (ranks are balanced by row groups).
+        patch.setattr(convert_module, "ROW_GROUP_ROWS", 128)
+        return _datasets(tmp_path_factory.mktemp("families"))
+
+
+def _datasets(root: Path) -> dict[str, str]:
     log, items = _log(root)
     convert_interactions([log], root / "clustered", "user", "item", time="ts", item_features=items, item_key="item",
                          item_sparse=["category"], seed=0)
