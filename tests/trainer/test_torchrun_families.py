@@ -79,5 +79,5 @@ def test_next_item_models_train_on_two_ranks(datasets, tmp_path, model):
 @pytest.mark.parametrize("model", ["din", "dien", "bst"])
 def test_history_click_models_train_on_two_ranks(datasets, tmp_path, model):
     s = _torchrun("din_movielens", datasets["history"], tmp_path / "run", f"--model.name={model}",
-                  "--train.epochs=6", "--train.batch_size=256", "--embeddings.weight_decay=0", "--model.dropout=0")
+                  "--train.epochs=6", "--train.global_batch_size=256", "--embeddings.weight_decay=0", "--model.dropout=0")
     assert s["auc"] > 0.8, s
