@@ -17,7 +17,10 @@ as the retrieval models, so RetrievalTask trains them (SASRec's own loss is `bce
 when each row has one negative (the row's event is the target); with
 `retrieval.train_positions=all` the reader gives each row one negative per position and
 every position j is trained to predict the item after it (hist[j + 1], the row's item
-after the last): SASRec's training, on `--train-rows per-user` data one row per user. A row
+after the last): SASRec's training, on the `train_sequences` split (`convert interactions
+--train-sequences`: one row per user). No position's state depends on a later item; with
+`recency_positions` its position index does depend on how many items follow it, as in the
+paper's left-padded sequences. A row
 with an empty history (a user's first event) is scored from position 0 alone (the learned
 "nothing yet" state).
 """
