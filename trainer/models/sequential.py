@@ -20,9 +20,8 @@ every position j is trained to predict the item after it (hist[j + 1], the row's
 after the last): SASRec's training, on the `train_sequences` split (`convert interactions
 --train-sequences`: one row per user). No position's state depends on a later item; with
 `recency_positions` its position index does depend on how many items follow it, as in the
-paper's left-padded sequences. A row
-with an empty history (a user's first event) is scored from position 0 alone (the learned
-"nothing yet" state).
+paper's left-padded sequences. A row with an empty history (a user's first event) is
+scored from position 0 alone (the learned "nothing yet" state).
 """
 
 from __future__ import annotations
