@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     exact = []
     for s in range(0, args.users, args.chunk):  # as recommend: the users' seen items as a mask
-        exact.append(topk_lists(users[s:s + args.chunk] @ items.T, args.k, seen.mask(ids[s:s + args.chunk], args.items)))
+        mask = seen.mask(ids[s:s + args.chunk], args.items)
+        exact.append(topk_lists(users[s:s + args.chunk] @ items.T, args.k, mask))
     scan_s = time.perf_counter() - start
     exact = torch.cat(exact)
 

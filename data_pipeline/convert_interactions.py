@@ -141,6 +141,15 @@ def history_column(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
 SEQUENCE_SPLIT = "train_sequences"
 
 
+def _held_out(n: int, fraction: float, seed: list[int]) -> tuple[np.ndarray, int]:
+    """(n,) bool mask of a seeded round(fraction x n) of the ids (--cold-items / --cold-users),
+    and how many that is."""
+    count = int(round(float(fraction) * n))
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(seed).permutation(n)[:count]] = True
+    return mask, count
+
+
 def _history_options(history, history_features, item_specs: list[FeatureSpec]) -> tuple[int, list[str]]:
     """--history N (int >= 0) and --history-features: one-hot item features, N > 0."""
     if isinstance(history, bool) or int(history) != history or history < 0:
@@ -222,7 +231,8 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
                          user_features=None, user_key=None, user_sparse=(), user_multi_hot=(),
                          item_features=None, item_key=None, item_sparse=(), item_multi_hot=(), item_flags=(),
                          category: str | None = None, split: str = "random", ratios=None, seed: int = 0,
-                         cold_items: float = 0.0, cold_users: float = 0.0, min_user_interactions: int = 0, min_item_interactions: int = 0,
+                         cold_items: float = 0.0, cold_users: float = 0.0, min_user_interactions: int = 0,
+                         min_item_interactions: int = 0,
                          layout: str = "rows", delimiter: str | None = None, header: bool | None = None,
                          columns=None, user_features_columns=None, item_features_columns=None,
                          encoding: str | None = None, history: int = 0, history_features=(),
@@ -338,12 +348,8 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
         # 5. split, rows sorted by (user, time, input order)
         s = np.lexsort((rows_kept, t[rows_kept], uid))
         uid, iid, rows_sorted = uid[s], iid[s], rows_kept[s]
-        cold = np.zeros(num_items, bool)
-        n_cold = int(round(float(cold_items) * num_items))
-        cold[np.random.default_rng([seed, 1]).permutation(num_items)[:n_cold]] = True
-        cold_u = np.zeros(num_users, bool)
-        n_cold_u = int(round(float(cold_users) * num_users))
-        cold_u[np.random.default_rng([seed, 2]).permutation(num_users)[:n_cold_u]] = True
+        cold, n_cold = _held_out(num_items, cold_items, [seed, 1])
+        cold_u, n_cold_u = _held_out(num_users, cold_users, [seed, 2])
         warm = np.flatnonzero(~cold[iid] & ~cold_u[uid])
         which = np.full(len(uid), 2, np.int8)
         which[warm] = _split(uid[warm], num_users, split, fractions, seed)

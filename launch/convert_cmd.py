@@ -246,8 +246,8 @@ def cmd_convert_interactions(args: argparse.Namespace, extra: list[str]) -> int:
         user_multi_hot=args.user_multi_hot or (), item_features=args.item_features, item_key=args.item_key,
         item_sparse=args.item_sparse or (), item_multi_hot=args.item_multi_hot or (),
         item_flags=args.item_flags or (), category=args.category, split=args.split, ratios=args.ratios,
-        seed=args.seed, cold_items=args.cold_items, cold_users=args.cold_users, min_user_interactions=args.min_user_interactions,
-        min_item_interactions=args.min_item_interactions, layout=args.layout, delimiter=args.delimiter,
+        seed=args.seed, cold_items=args.cold_items, cold_users=args.cold_users,
+        min_user_interactions=args.min_user_interactions, min_item_interactions=args.min_item_interactions, layout=args.layout, delimiter=args.delimiter,
         header=_bool("--header", args.header), columns=args.columns,
         user_features_columns=args.user_features_columns, item_features_columns=args.item_features_columns,
         encoding=args.encoding, history=args.history, history_features=args.history_features or (),
@@ -255,7 +255,7 @@ def cmd_convert_interactions(args: argparse.Namespace, extra: list[str]) -> int:
     inter, src = schema.interactions, schema.source
     print(_summary(args.out, schema) + f"; {inter['num_users']:,} users, {inter['num_items']:,} items"
           + (f", {inter['cold_items']:,} cold items (test only)" if inter["cold_items"] else "")
-          + (f", {inter.get('cold_users', 0):,} cold users (test only)" if inter.get("cold_users") else "")
+          + (f", {inter['cold_users']:,} cold users (test only)" if inter["cold_users"] else "")
           + (f"; histories of up to {inter['history_length']}: {', '.join(inter['history'])}"
              if inter["history"] else ""))
     dropped = [f"{n:,} {what}" for n, what in ((src["below_min_rating"], "below --min-rating"),
@@ -338,7 +338,8 @@ def add_interactions_parser(kinds) -> None:
                         "valid, the rest train (users with fewer than 3: all train)")
     g.add_argument("--ratios", default=None, metavar="TRAIN,VALID,TEST",
                    help="fractions of each user's interactions for --split random, summing to 1 (default 0.8,0.1,0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random split, --cold-items and --cold-users (default 0)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the random split, --cold-items and --cold-users (default 0)")
     g.add_argument("--cold-items", type=float, default=0.0, metavar="FRACTION",
                    help="hold this seeded fraction of the items out of train and valid: all their interactions go "
                         "to test (they stay in items.parquet with train_count 0)")

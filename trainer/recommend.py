@@ -133,13 +133,14 @@ def recommend(run_dir: str, out: str, k: int, users: str | None = None, checkpoi
     path = resolve_checkpoint(run, checkpoint)
     load_checkpoint(path, task, fingerprint(cfg.model, schema))
     task.eval()
-    known = [split_pairs(cfg.dataset.path, s) for s in schema.splits]
-    seen = UserItems(np.concatenate([u for u, _ in known]), np.concatenate([i for _, i in known]), cat.num_users)
+    known = {s: split_pairs(cfg.dataset.path, s) for s in schema.splits}
+    seen = UserItems(np.concatenate([u for u, _ in known.values()]), np.concatenate([i for _, i in known.values()]),
+                     cat.num_users)
     raw_users = cat.users.column("raw_user").combine_chunks().cast(pa.string())
     raw_items = cat.items.column("raw_item").combine_chunks().cast(pa.string())
     chosen, unknown = _users(users, raw_users)
     items = item_vectors(task, cat, torch.device("cpu"), 65536)
-    train_users = split_pairs(cfg.dataset.path, "train")[0] if "train" in schema.splits else np.zeros(0, np.int64)
+    train_users = known["train"][0] if "train" in known else np.zeros(0, np.int64)
     new_users = np.bincount(train_users, minlength=cat.num_users) == 0  # (U,) bool
     if scores_new_users(task.model):
         new_users[:] = False

@@ -84,15 +84,16 @@ def _max_over_ranks(n: int) -> int:
 
 
 @torch.no_grad()
-def item_vectors(task, cat: Catalogue, device: torch.device, chunk: int, history: tuple[str, ...] = ()) -> torch.Tensor:
+def item_vectors(task, cat: Catalogue, device: torch.device, chunk: int,
+                 history: tuple[str, ...] = ()) -> torch.Tensor:
     """(I, d) item representations of the whole catalogue; `history` names the history keys
     a sequence model's KJTs carry (empty here: an item's vector does not depend on them)."""
     out = []
     for start in range(0, cat.num_items, chunk):
         idx = np.arange(start, min(start + chunk, cat.num_items))
         zeros = np.zeros(len(idx), dtype=np.int64)
-        empty = {h: JaggedTensor(values=torch.zeros(0, dtype=torch.long), lengths=torch.zeros(len(idx), dtype=torch.int32))
-                 for h in history}
+        empty = {h: JaggedTensor(values=torch.zeros(0, dtype=torch.long),
+                                 lengths=torch.zeros(len(idx), dtype=torch.int32)) for h in history}
         out.append(task.encode(cat.kjt(zeros, idx, zeros, empty).to(device))[1])
     return torch.cat(out)
 

@@ -58,6 +58,15 @@ def materializable(module: nn.Module) -> nn.Module:
     return module
 
 
+def gru_weights_current(gru: nn.GRU) -> nn.GRU:
+    """`gru`, its cached weight list rebuilt if it is stale: DMP materialises meta parameters
+    by replacing them, and nn.GRU keeps its own list of the old ones until told to rebuild it.
+    Call before each forward."""
+    if gru._flat_weights[0] is not gru.weight_ih_l0:
+        gru._init_flat_weights()
+    return gru
+
+
 def sparse_ebc(schema: DatasetSchema, dim: int, device: torch.device,
                pooling: PoolingType = PoolingType.SUM) -> EmbeddingBagCollection:
     """The shared field embeddings: tables `t_<feature>` of width `dim`."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.models.common import gru_weights_current
 from shardrec.trainer.models.sequence_ctr import SequenceCTR, SequenceCTRFlavor, split_features
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -75,11 +76,8 @@ class DIEN(SequenceCTR):
 
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor):
         target, hist, mask = self.target_and_history(kjt)
-        if self.extractor._flat_weights[0] is not self.extractor.weight_ih_l0:
-            # DMP materialises meta parameters by replacing them; nn.GRU keeps its own list of
-            # the old ones until told to rebuild it.
-            self.extractor._init_flat_weights()
-        states, _ = self.extractor(hist)  # (B, L, W); padded positions come after the real ones
+        # (B, L, W); padded positions come after the real ones.
+        states, _ = gru_weights_current(self.extractor)(hist)
         scores = (states @ self.bilinear(target)[:, :, None]).squeeze(-1)  # (B, L)
         attention = torch.softmax(scores.masked_fill(~mask, float("-inf")), 1).nan_to_num(0.0)
         logits = self.head(dense, kjt, target, self.evolution(states, attention, mask))

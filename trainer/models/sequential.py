@@ -34,6 +34,7 @@ from shardrec.configs.errors import UserError
 from shardrec.data_pipeline.interactions import ITEM, NEG, require_interactions
 from shardrec.data_pipeline.schema import DatasetSchema
 from shardrec.embeddings.tables import table_name
+from shardrec.trainer.models.common import gru_weights_current
 from shardrec.trainer.models.retrieval import DotModel
 from shardrec.trainer.models.sequence_ctr import PositionEmbedding
 from torch import nn
@@ -172,11 +173,7 @@ class GRU4Rec(_Sequential):
     def encode_positions(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, L, d) history -> (B, L, d): the GRU's output after items 0..j; a row without
         history gets the output layer's bias (the learned "nothing yet")."""
-        if self.gru._flat_weights[0] is not self.gru.weight_ih_l0:
-            # DMP materialises meta parameters by replacing them; nn.GRU keeps its own list of
-            # the old ones until told to rebuild it.
-            self.gru._init_flat_weights()
-        out, _ = self.gru(dropout(hist, self.p, self.training))
+        out, _ = gru_weights_current(self.gru)(dropout(hist, self.p, self.training))
         return self.out(out * (lengths > 0)[:, None, None])
 
 
