@@ -147,10 +147,23 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             pairs.append(tuple(names))
         # The configured crosses replace the flavor's (explicit and automatic) ones.
         flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
+    if cfg.embedding_dim:
+        flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
     model = spec.build(schema, flavor, device)
     if cfg.dropout:
         add_dropout(model, cfg.dropout)
     return model
+
+
+def _with_embedding_dim(name: str, flavor: Any, dim: int) -> Any:
+    """`flavor` with rows `dim` wide; a bottom MLP (DLRM's, which must end at the row width
+    for the interaction) ends at `dim` too."""
+    if not hasattr(flavor, "embedding_dim"):
+        raise UserError(f"config key 'model.embedding_dim': model '{name}' has no embedding width to set")
+    changes: dict[str, Any] = {"embedding_dim": dim}
+    if getattr(flavor, "bottom_mlp", None):
+        changes["bottom_mlp"] = (*flavor.bottom_mlp[:-1], dim)
+    return dataclasses.replace(flavor, **changes)
 
 
 def add_dropout(model: nn.Module, p: float) -> nn.Module:
