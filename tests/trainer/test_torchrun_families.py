@@ -75,16 +75,8 @@ def test_next_item_models_train_on_two_ranks(datasets, tmp_path, model):
     assert s["hr@10"] > 0.6, s
 
 
-# DIN learns this data with train.seed 0 only: seeds 1 and 2 stay at AUC 0.52 in one
-# process too (bst and dien reach 0.90 with seed 1); under torchrun its data order differs
-# from seed 0's in one process, and it stays at chance. A known weakness, not a sharding one
-# (tests/embeddings/test_sequence_equivalence.py: 2 ranks train DIN exactly as 1 process).
-DIN_STUCK = pytest.mark.xfail(reason="DIN stays at chance on this data except with seed 0 in one process",
-                              strict=True)
-
-
 @pytest.mark.long
-@pytest.mark.parametrize("model", [pytest.param("din", marks=DIN_STUCK), "dien", "bst"])
+@pytest.mark.parametrize("model", ["din", "dien", "bst"])
 def test_history_click_models_train_on_two_ranks(datasets, tmp_path, model):
     s = _torchrun("din_movielens", datasets["history"], tmp_path / "run", f"--model.name={model}",
                   "--train.epochs=6", "--train.global_batch_size=256", "--embeddings.weight_decay=0", "--model.dropout=0")
