@@ -287,3 +287,18 @@ def test_pairwise_dots_of_fields_in_shard_order_are_the_canonical_ones():
     assert tuple(shuffled) in cache
     in_order = KeyedTensor(keys=names, length_per_key=[e] * 4, values=torch.cat([cols[k] for k in names], dim=1))
     assert dlrm.pairs_in_key_order(in_order, names, canonical, cache) is canonical
+
+
+@pytest.mark.parametrize("name", [m for m in click_models() if m != "lr"])
+def test_embedding_dim_replaces_the_flavors_row_width(movielens_schema, name):
+    model = build_model(movielens_schema, ModelConfig(name, "debug", embedding_dim=12), torch.device("cpu"))
+    widths = {c.name: c.embedding_dim for ebc in ebcs(model) for c in ebc.embedding_bag_configs()}
+    field_tables = {t: w for t, w in widths.items() if t.startswith("t_")}
+    assert field_tables and set(field_tables.values()) == {12}, widths
+    out = model(torch.rand(16, len(movielens_schema.dense)), _movielens_kjt(movielens_schema, 16))
+    assert out.shape == (16, 1)
+
+
+def test_embedding_dim_needs_a_model_with_rows():
+    with pytest.raises(UserError, match="model 'lr' has no embedding width"):
+        build_model(None, ModelConfig("lr", "small", embedding_dim=8), META)
