@@ -23,7 +23,8 @@ warm-up steps too): the whole path (reader, pipeline, metrics) against the step 
 --quality trains `shardrec train --config bench_dlrm` for --quality-steps steps in fp32 and in
 each other --precision and prints the test AUCs (the synthetic teacher data; same samples).
 --ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
-same per-rank batch: the scaling of the sum of both ranks' samples/s.
+same per-rank batch, the 2 ranks once per --comm-precision (embeddings.comm_precision): the
+scaling of the sum of both ranks' samples/s.
 """
 
 from __future__ import annotations
@@ -175,18 +176,20 @@ def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
         return summary
 
 
-def ranks_scaling(steps: int, batch: int, rows: int) -> tuple[float, float]:
-    """(1 rank x 1 thread, 2 ranks x 1 thread) summed samples/s of the shardrec step."""
-    out = []
-    for n in (1, 2):
+def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str]) -> dict[str, float]:
+    """{"1": 1 rank x 1 thread, "2 <comm>": 2 ranks x 1 thread with embeddings.comm_precision
+    <comm>, for each of `comm`}: summed samples/s of the shardrec step."""
+    out = {}
+    for n, precision in [(1, "fp32"), *[(2, c) for c in comm]]:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-             str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}"],
+             str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
+             f"--comm-precision={precision}"],
             check=True, cwd=ROOT, capture_output=True, text=True, env=env)
         rates = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("RANK_RATE")]
-        out.append(sum(rates))
-    return out[0], out[1]
+        out["1" if n == 1 else f"2 {precision}"] = sum(rates)
+    return out
 
 
 def rank_worker(args) -> None:
@@ -196,7 +199,8 @@ def rank_worker(args) -> None:
     try:
         schema = bench_schema(args.rows)
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
-        step = shardrec_step(schema, batches, args.batch, env, ["--train.num_threads=1"])
+        step = shardrec_step(schema, batches, args.batch, env,
+                             ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}"])
         print(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}", flush=True)
     finally:
         shutdown(env)
@@ -219,6 +223,8 @@ def main() -> None:
                    "precisions after the same samples of `shardrec train`")
     p.add_argument("--quality-steps", type=int, default=250)
     p.add_argument("--full-steps", type=int, default=300)
+    p.add_argument("--comm-precision", default="fp32,bf16",
+                   help="with --ranks: the embeddings.comm_precision values 2 ranks are timed with")
     p.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     quiet_libraries()
@@ -268,9 +274,12 @@ def main() -> None:
             if p != "fp32":
                 print(f"  {p} - fp32: {r['auc'] - runs['fp32']['auc']:+.4f}")
     if args.ranks:
-        one, two = ranks_scaling(args.steps, args.batch, args.rows)
-        print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |\n"
-              f"| shardrec step, 2 ranks x 1 thread (sum) | {two:,.0f} | {two / one:.2f}x of 1 rank |")
+        rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","))
+        one = rates.pop("1")
+        print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |")
+        for name, two in rates.items():
+            print(f"| shardrec step, 2 ranks x 1 thread (sum), comm {name.split()[1]} | {two:,.0f} | "
+                  f"{two / one:.2f}x of 1 rank |")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,9 @@ class EmbeddingsConfig:
     # Storage type of the table weights: fp16 halves their memory (FBGEMM updates them with
     # stochastic rounding); the optimizer state stays fp32.
     weights_dtype: Literal["fp32", "fp16"] = "fp32"
+    # Precision of the embeddings and their gradients sent between ranks (the all-to-alls and
+    # reduce-scatters of sharded tables): bf16 halves those bytes (embeddings/comm_codec.py).
+    comm_precision: Literal["fp32", "bf16"] = "fp32"
     # Memory each rank gives the planner for tables, optimizer state and buffers, in GiB (HBM
     # on GPU, host memory on CPU); 0 = what the device has (GPU memory, or this machine's
     # memory shared by the ranks on it). `shardrec plan` uses the same value.

@@ -18,6 +18,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import EmbeddingsConfig, TableConstraints
+from shardrec.embeddings.comm_codec import comm_codecs
 from shardrec.embeddings.tables import model_table_configs
 from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -86,7 +87,9 @@ def fused_params(cfg: EmbeddingsConfig) -> dict:
 def make_sharders(cfg: EmbeddingsConfig) -> list[ModuleSharder[nn.Module]]:
     # EmbeddingCollections (unpooled: behaviour histories) get TorchRec's own sharder, with
     # the same fused optimizer.
-    return [EmbeddingBagSharder(fused_params=fused_params(cfg)), EmbeddingCollectionSharder(fused_params=fused_params(cfg))]
+    codecs = comm_codecs(cfg.comm_precision)
+    return [EmbeddingBagSharder(fused_params=fused_params(cfg), qcomm_codecs_registry=codecs),
+            EmbeddingCollectionSharder(fused_params=fused_params(cfg), qcomm_codecs_registry=codecs)]
 
 
 def table_names(model: nn.Module) -> list[str]:

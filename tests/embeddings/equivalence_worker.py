@@ -36,7 +36,8 @@ GLOBAL_BATCH = 512
 
 
 def config(data_dir: str, schema, case: dict):
-    """The tiny preset with SGD everywhere; case = {"all": type} or {"tables": {table: type}}.
+    """The tiny preset with SGD everywhere; case = {"all": type} or {"tables": {table: type}},
+    optionally with "comm": embeddings.comm_precision.
     With case["preset"] (and "overrides"), that preset instead, every table of its model
     (whatever their names) of type case["all"] at a learning rate of case.get("lr", 0.5).
 
@@ -54,6 +55,7 @@ def config(data_dir: str, schema, case: dict):
     names = [table_name(f.name) for f in schema.sparse]
     chosen = case.get("tables") or {t: case["all"] for t in names}
     cfg.embeddings.tables = {t: TableConstraints(sharding_types=[chosen[t]], min_partition=4) for t in names}
+    cfg.embeddings.comm_precision = case.get("comm", "fp32")
     return cfg
 
 
