@@ -177,18 +177,31 @@ def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
 
 
 def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str]) -> dict[str, float]:
-    """{"1": 1 rank x 1 thread, "2 <comm>": 2 ranks x 1 thread with embeddings.comm_precision
-    <comm>, for each of `comm`}: summed samples/s of the shardrec step."""
-    out = {}
-    for n, precision in [(1, "fp32"), *[(2, c) for c in comm]]:
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(
+    """Summed samples/s of the shardrec step, 1 thread a rank: {"1": one rank alone,
+    "1+1": two independent one-rank jobs at once (the machine's ceiling for 2 ranks: no
+    communication, only the cores and memory they share), "2 <comm>": 2 ranks with
+    embeddings.comm_precision <comm>, for each of `comm`}."""
+
+    def launch(n: int, precision: str) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
              str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
              f"--comm-precision={precision}"],
-            check=True, cwd=ROOT, capture_output=True, text=True, env=env)
-        rates = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("RANK_RATE")]
-        out["1" if n == 1 else f"2 {precision}"] = sum(rates)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    def rate(*procs: subprocess.Popen) -> float:
+        total = 0.0
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode:
+                raise SystemExit(err[-3000:])
+            total += sum(float(line.split()[1]) for line in out.splitlines() if line.startswith("RANK_RATE"))
+        return total
+
+    out = {"1": rate(launch(1, "fp32")), "1+1": rate(launch(1, "fp32"), launch(1, "fp32"))}
+    for precision in comm:
+        out[f"2 {precision}"] = rate(launch(2, precision))
     return out
 
 
@@ -277,6 +290,9 @@ def main() -> None:
         rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","))
         one = rates.pop("1")
         print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |")
+        both = rates.pop("1+1")
+        print(f"| two independent 1-rank jobs at once (sum; no communication: the ceiling) | {both:,.0f} | "
+              f"{both / one:.2f}x of 1 rank |")
         for name, two in rates.items():
             print(f"| shardrec step, 2 ranks x 1 thread (sum), comm {name.split()[1]} | {two:,.0f} | "
                   f"{two / one:.2f}x of 1 rank |")
