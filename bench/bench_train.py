@@ -33,6 +33,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -196,7 +197,12 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str]) -> dict[st
             out, err = proc.communicate()
             if proc.returncode:
                 raise SystemExit(err[-3000:])
-            total += sum(float(line.split()[1]) for line in out.splitlines() if line.startswith("RANK_RATE"))
+            # Searched, not split by line: the ranks share torchrun's stdout, so one rank's line
+            # can land in the middle of the other's.
+            rates = re.findall(r"RANK_RATE (\d+\.\d+)", out)
+            if not rates:
+                raise SystemExit(f"no RANK_RATE line in the ranks' output:\n{out[-3000:]}")
+            total += sum(map(float, rates))
         return total
 
     out = {"1": rate(launch(1, "fp32")), "1+1": rate(launch(1, "fp32"), launch(1, "fp32"))}
@@ -214,7 +220,9 @@ def rank_worker(args) -> None:
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
         step = shardrec_step(schema, batches, args.batch, env,
                              ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}"])
-        print(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}", flush=True)
+        # One write (the newline included), so that the other rank's line cannot split it.
+        sys.stdout.write(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}\n")
+        sys.stdout.flush()
     finally:
         shutdown(env)
 
