@@ -101,6 +101,8 @@ class TableConstraints:
     sharding_types: list[str] = field(default_factory=list)
     # Compute kernels allowed: fused (FBGEMM, optimizer in backward), dense, and on GPU
     # fused_uvm (table in host memory) or fused_uvm_caching (host memory + a GPU cache).
+    # On CPU a behaviour history's table (unpooled) is always fused and never data_parallel:
+    # FBGEMM's CPU non-fused lookup sums each bag.
     compute_kernels: list[str] = field(default_factory=list)
     # With fused_uvm_caching: the fraction of the table's rows the GPU cache holds (0 = planner's choice).
     cache_load_factor: Annotated[float, Range(0, 1)] = 0.0

@@ -34,6 +34,7 @@ from torchrec.distributed.planner.types import (
 )
 from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import DataType
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
 FUSED_OPTIMIZERS = {
     "sgd": EmbOptimType.EXACT_SGD,
@@ -109,11 +110,27 @@ def resume_pins(saved_plan: dict[str, str]) -> dict[str, list[str]]:
     return {t: sorted(_INTERCHANGEABLE) if kind in _INTERCHANGEABLE else [kind] for t, kind in saved_plan.items()}
 
 
+# FBGEMM's CPU lookup for non-fused tables (DenseTableBatchedEmbeddingBagsCodegen, which
+# both the dense kernel and data_parallel use) ignores PoolingMode.NONE and returns one summed
+# vector per bag (fbgemm-gpu-cpu 1.8: (B, features x dim) instead of one row per id), so an
+# unpooled table (an EmbeddingCollection's: behaviour histories) only works fused on CPU.
+_CPU_UNPOOLED_REFUSED = {"compute_kernels": EmbeddingComputeKernel.DENSE.value,
+                         "sharding_types": ShardingType.DATA_PARALLEL.value}
+
+
+def unpooled_tables(model: nn.Module) -> set[str]:
+    """Names of the tables of the model's EmbeddingCollections (one vector per id)."""
+    return {c.name for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()}
+
+
 def constraints(model: nn.Module, cfg: EmbeddingsConfig,
-                pins: dict[str, list[str]] | None = None) -> dict[str, ParameterConstraints]:
+                pins: dict[str, list[str]] | None = None,
+                device_type: str = "cpu") -> dict[str, ParameterConstraints]:
     """ParameterConstraints per table: the global lists, overridden per table by cfg.tables,
-    narrowed by `pins` (see resume_pins) when a checkpoint is resumed."""
+    narrowed by `pins` (see resume_pins) when a checkpoint is resumed, and on CPU by what
+    FBGEMM's CPU kernels can do for unpooled tables (_CPU_UNPOOLED_REFUSED)."""
     names = table_names(model)
+    unpooled = unpooled_tables(model) if device_type == "cpu" else set()
     unknown = sorted(set(cfg.tables) - set(names))
     if unknown:
         raise UserError(f"config key 'embeddings.tables': no table named {unknown}; the model's tables: {names}")
@@ -132,6 +149,9 @@ def constraints(model: nn.Module, cfg: EmbeddingsConfig,
                                 f"was in the checkpoint being resumed ({pins[name]}): its optimizer state "
                                 "would not fit")
             types = allowed
+        if name in unpooled:
+            types, kernels = (_without_refused(values, full, key, f"{where}.{key}", name) for values, full, key in
+                              ((types, SHARDING_TYPES, "sharding_types"), (kernels, COMPUTE_KERNELS, "compute_kernels")))
         if table.min_partition % 4:
             raise UserError(f"config key '{where}.min_partition' must be a multiple of 4, got {table.min_partition}")
         if types or kernels or table.cache_load_factor or table.min_partition:
@@ -141,6 +161,19 @@ def constraints(model: nn.Module, cfg: EmbeddingsConfig,
                 min_partition=table.min_partition or None,
             )
     return out
+
+
+def _without_refused(values: list[str], full: list[str], key: str, where: str, table: str) -> list[str]:
+    """`values` (empty = all of `full`) less what FBGEMM's CPU kernels cannot do for an
+    unpooled table; an error naming the key when nothing is left."""
+    refused = _CPU_UNPOOLED_REFUSED[key]
+    left = [v for v in (values or full) if v != refused]
+    if values and not left:
+        raise UserError(f"config key '{where}' {list(values)}: table '{table}' is unpooled (one vector per id, "
+                        "a behaviour history's table), and on CPU FBGEMM's non-fused lookup (the dense kernel, which "
+                        "data_parallel uses) sums each bag instead; on CPU such a table needs the fused kernel and a sharded type (table_wise, "
+                        "row_wise, ...)")
+    return left
 
 
 def _check(values: list[str], allowed: list[str], key: str) -> None:
@@ -166,7 +199,7 @@ def make_planner(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, devic
     )
     # batch_size is per rank: the planner's cost model uses it to weigh communication.
     return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
-                                    constraints=constraints(model, cfg, pins))
+                                    constraints=constraints(model, cfg, pins, device_type))
 
 
 def plan_sharding(model: nn.Module, cfg: EmbeddingsConfig, world_size: int, device: torch.device,

@@ -65,3 +65,37 @@ def test_constraints_reach_the_plan(mlperf):
     assert types.pop("t_C6") == "data_parallel"
     assert set(types.values()) == {"row_wise"}
     assert all(t.ranks == list(range(8)) for t in report.tables if t.sharding_type == "row_wise")
+
+
+def _din(overrides: list[str]):
+    from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
+
+    schema = DatasetSchema(label="label", dense=["d"], sparse=[
+        SparseFeature("user_id", 1000), SparseFeature("item_id", 500),
+        SparseFeature("hist_item_id", 500, multi_hot=True, sequence_of="item_id", max_length=20)])
+    cfg = load_config(None, ["--model.name=din", "--model.flavor=debug", *overrides])
+    return cfg, ClickTask(build_model(schema, cfg.model, torch.device("meta")))
+
+
+@pytest.mark.parametrize("override", ["--embeddings.tables.t_item_id.compute_kernels=[dense]",
+                                      "--embeddings.sharding_types=[data_parallel]"])
+def test_an_unpooled_table_is_refused_what_fbgemm_cannot_do_for_it_on_cpu(override):
+    # FBGEMM's CPU dense lookup sums each bag even when asked for one row per id, so a history
+    # table there trained on the wrong shapes (split_with_sizes deep inside TorchRec).
+    cfg, model = _din([override])
+    with pytest.raises(UserError, match=r"'embeddings\.(tables\.t_item_id\.compute_kernels|sharding_types)'.*"
+                                        r"table 't_item_id' is unpooled.*needs the fused kernel"):
+        plan_offline(model, cfg.embeddings, 2, "cpu", 8, 64)
+    # On GPU the same request is the user's to make.
+    kinds = {t.name: (t.sharding_type, t.compute_kernel) for t in
+             plan_offline(model, cfg.embeddings, 2, "cuda", 8, 64).tables}
+    assert "data_parallel" in kinds["t_item_id"] or "dense" in kinds["t_item_id"]
+
+
+def test_an_unpooled_table_on_cpu_takes_what_is_left_of_a_wider_choice():
+    cfg, model = _din(["--embeddings.compute_kernels=[dense,fused]",
+                       "--embeddings.sharding_types=[data_parallel,table_wise]"])
+    kinds = {t.name: (t.sharding_type, t.compute_kernel) for t in
+             plan_offline(model, cfg.embeddings, 2, "cpu", 8, 64).tables}
+    assert kinds["t_item_id"] == ("table_wise", "fused")
+    assert kinds["t_user_id"][0] in ("data_parallel", "table_wise")
