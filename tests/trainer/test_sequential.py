@@ -117,3 +117,26 @@ def test_train_positions_all_is_refused_where_it_cannot_work(ring, tmp_path):
     with pytest.raises(UserError, match="needs retrieval.loss bce or bpr"):
         run(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_next_item_ranks_count_what_scores_above_the_item_outside_the_history():
+    from shardrec.trainer.next_item_eval import next_item_ranks
+
+    rng = np.random.default_rng(3)
+    b, items = 6, 40
+    scores = torch.from_numpy(rng.normal(size=(b, items)).astype(np.float32))
+    targets = rng.integers(0, items, b)
+    lengths = rng.integers(0, 8, b)
+    lengths[0] = 0
+    histories = [rng.choice(items, n, replace=False) for n in lengths]
+    histories[1] = np.r_[histories[1], targets[1]]  # an item seen before may come again
+    cand = rng.integers(0, items, (b, 5))
+    hist = JaggedTensor(values=torch.from_numpy(np.concatenate(histories)).long(),
+                        lengths=torch.tensor([len(h) for h in histories], dtype=torch.int32))
+    s = scores.numpy().copy()
+    sampled, full = next_item_ranks(scores, torch.from_numpy(targets), hist, torch.from_numpy(cand))
+    for r in range(b):
+        t = s[r, targets[r]]
+        assert int(sampled[r]) == int((s[r, cand[r]] > t).sum())
+        others = [i for i in range(items) if i not in set(histories[r]) and i != targets[r]]
+        assert int(full[r]) == int((s[r, others] > t).sum()), r
