@@ -87,6 +87,10 @@ class ModelConfig:
     # Dropout rate after every hidden ReLU layer of the model's MLPs (deep towers, DLRM's
     # bottom and top MLPs); 0 = none. Off at evaluation, prediction and export.
     dropout: Annotated[float, Range(0, 0.9)] = 0.0
+    # Batch normalisation before every hidden ReLU of the model's MLPs (the same layers
+    # model.dropout reaches): Linear -> BatchNorm -> ReLU (-> Dropout), as FuxiCTR's
+    # `batch_norm` option. Evaluation, prediction and export use the running statistics.
+    batch_norm: bool = False
     # Width of every embedding row, replacing the flavor's (0 = the flavor's own). DLRM's
     # bottom MLP, whose last layer must match it, ends at this width too.
     embedding_dim: Count = 0

@@ -150,6 +150,8 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
     if cfg.embedding_dim:
         flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
     model = spec.build(schema, flavor, device)
+    if cfg.batch_norm:
+        add_batch_norm(model)
     if cfg.dropout:
         add_dropout(model, cfg.dropout)
     return model
@@ -166,6 +168,29 @@ def _with_embedding_dim(name: str, flavor: Any, dim: int) -> Any:
     return dataclasses.replace(flavor, **changes)
 
 
+class HiddenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over a hidden layer's units (B, H) that passes a one-row training batch
+    (the last of a split may be one) through its running statistics instead of failing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def add_batch_norm(model: nn.Module) -> nn.Module:
+    """Batch normalisation between the linear map and the ReLU of every ReLU hidden layer of
+    the model's TorchRec MLPs (the layers add_dropout reaches). TorchRec's Perceptron has no
+    such option, so its activation becomes BatchNorm + ReLU: the new parameters are named
+    `..._activation_fn.0.*`, and add_dropout afterwards still finds the ReLU."""
+    for m in model.modules():
+        if isinstance(m, Perceptron) and m._activation_fn is torch.relu:
+            width = m._linear.out_features
+            m._activation_fn = nn.Sequential(HiddenBatchNorm(width, device=m._linear.weight.device), nn.ReLU())
+    return model
+
+
 def add_dropout(model: nn.Module, p: float) -> nn.Module:
     """Dropout with rate p after every ReLU hidden layer of the model's TorchRec MLPs (deep
     towers, DLRM's bottom and top MLPs); output units and cross layers are left as they are.
@@ -173,6 +198,10 @@ def add_dropout(model: nn.Module, p: float) -> nn.Module:
     ReLU + Dropout: no parameter is added or renamed, so checkpoints and exports keep their
     keys, and eval() turns it off."""
     for m in model.modules():
-        if isinstance(m, Perceptron) and m._activation_fn is torch.relu:
+        if not isinstance(m, Perceptron):
+            continue
+        if m._activation_fn is torch.relu:
             m._activation_fn = nn.Sequential(nn.ReLU(), nn.Dropout(p))
+        elif isinstance(m._activation_fn, nn.Sequential) and isinstance(m._activation_fn[0], HiddenBatchNorm):
+            m._activation_fn.append(nn.Dropout(p))
     return model

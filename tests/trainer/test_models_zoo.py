@@ -22,6 +22,7 @@ from shardrec.trainer.registry import MODELS, build_model, click_models
 from torch import nn
 from torchrec.modules.crossnet import CrossNet, LowRankMixtureCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mlp import Perceptron
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -177,6 +178,17 @@ def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
         shutdown(env)
 
 
+def test_batch_norm_trains_sharded_through_run(multihot_data, tmp_path):
+    # Built on meta, so DMP must materialise the normalisation layers too.
+    from shardrec.trainer.loop import run
+
+    cfg = load_config("tiny", [f"--dataset.path={multihot_data}", f"--run_dir={tmp_path / 'run'}",
+                               "--model.name=dlrm", "--model.flavor=debug", "--model.batch_norm=true",
+                               "--train.max_steps=6", "--eval.max_batches=1", "--checkpoint.save_final=false"])
+    summary = run(cfg)
+    assert summary["steps"] == 6 and 0.0 < summary["auc"] < 1.0 and math.isfinite(summary["logloss"])
+
+
 def test_add_flavor_reaches_the_registry():
     """bench/bench_train.py registers its own DLRM flavor this way."""
     import torch
@@ -222,6 +234,38 @@ def test_dropout_adds_no_parameters_and_is_off_in_eval(movielens_schema, name):
     torch.testing.assert_close(dropped(dense, kjt), plain(dense, kjt))
     dropped.train()
     assert not torch.allclose(dropped(dense, kjt), dropped(dense, kjt))  # a fresh mask each call
+
+
+def test_batch_norm_normalises_hidden_layers_and_uses_running_statistics_in_eval(movielens_schema):
+    from shardrec.trainer.registry import HiddenBatchNorm
+
+    torch.manual_seed(0)
+    model = build_model(movielens_schema, ModelConfig("dnn", "debug", batch_norm=True, dropout=0.1), torch.device("cpu"))
+    norms = [m for m in model.modules() if isinstance(m, HiddenBatchNorm)]
+    assert len(norms) == 1  # the debug flavor's one hidden layer
+    # Linear -> BatchNorm -> ReLU -> Dropout in every hidden layer.
+    acts = [m._activation_fn for m in model.modules() if isinstance(m, Perceptron) and isinstance(m._activation_fn, nn.Sequential)]
+    assert [type(x).__name__ for x in acts[0]] == ["HiddenBatchNorm", "ReLU", "Dropout"]
+    seen = []
+    norms[0].register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    dense, kjt = torch.rand(256, len(movielens_schema.dense)), _movielens_kjt(movielens_schema, 256)
+    model.train()
+    model(dense, kjt)
+    torch.testing.assert_close(seen[-1].mean(0), torch.zeros(seen[-1].shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen[-1].std(0, unbiased=False), torch.ones(seen[-1].shape[1]), atol=1e-2, rtol=0)
+    assert norms[0].num_batches_tracked == 1
+    model(dense[:1], kjt_rows(kjt, 1))  # a one-row training batch passes
+    assert norms[0].num_batches_tracked == 1
+    model.eval()
+    whole = model(dense, kjt)
+    torch.testing.assert_close(model(dense[:1], kjt_rows(kjt, 1)), whole[:1])
+
+
+def kjt_rows(kjt: KeyedJaggedTensor, n: int) -> KeyedJaggedTensor:
+    """The first n rows of a KJT with one id per feature and row."""
+    keys, b = kjt.keys(), kjt.stride()
+    values = kjt.values().view(len(keys), b)[:, :n].reshape(-1)
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=torch.ones(n * len(keys), dtype=torch.int32))
 
 
 def _movielens_kjt(schema, batch: int) -> KeyedJaggedTensor:
