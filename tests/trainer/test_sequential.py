@@ -8,6 +8,7 @@ whole catalogue; one that does not stays near chance (HR@10 about 0.1 and 0.1).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +75,14 @@ def test_train_sequences_hold_each_users_last_training_row(ring):
     assert {len(r[HISTORY]) for r in seqs} == {9}
 
 
-@pytest.mark.parametrize("cls", [SASRec, GRU4Rec])
-def test_every_position_sees_only_its_prefix(ring, cls):
+@pytest.mark.parametrize("cls,block", [(SASRec, "pre_norm"), (SASRec, "reference"), (GRU4Rec, "pre_norm")])
+def test_every_position_sees_only_its_prefix(ring, cls, block):
     """With one negative per position, position j's state is exactly the last-position state
     of the row cut after item j (causal), and its target is the item that follows it."""
     torch.manual_seed(0)
     schema = load_schema(ring)
     cat = load_catalogue(ring, schema)
-    model = cls(schema, FLAVORS["debug"], torch.device("cpu")).eval()
+    model = cls(schema, dataclasses.replace(FLAVORS["debug"], block=block), torch.device("cpu")).eval()
     hist = [[3, 4, 5, 6], [7], []]
     items = np.array([7, 8, 9])
 

@@ -63,6 +63,11 @@ class SequentialFlavor:
     # SASRec: position embeddings count from the row's newest item (0 = the latest), as the
     # paper's left-padded sequences do, instead of from its oldest.
     recency_positions: bool = False
+    # SASRec's block: "pre_norm" (the standard pre-LN transformer block: the residual stream
+    # is never normalised until the end) or "reference", as the paper's code has it: the
+    # queries are normalised and carry the residual, keys and values come from the stream
+    # unnormalised, and the feed-forward's input is normalised and carries its residual.
+    block: str = "pre_norm"
 
 
 def require_history(schema: DatasetSchema, model: str) -> int:
@@ -117,11 +122,15 @@ class _Sequential(DotModel):
 
 
 class CausalBlock(nn.Module):
-    """Pre-norm causal self-attention + point-wise feed-forward (SASRec's block): (B, L, d) -> (B, L, d)."""
+    """Causal self-attention + point-wise feed-forward (SASRec's block): (B, L, d) -> (B, L, d).
 
-    def __init__(self, d: int, heads: int, p: float, device: torch.device):
+        pre_norm:  x = x + Attn(q, k, v = LN1(x));  out = x + FFN(LN2(x))
+        reference: q = LN1(x); x = q + Attn(q, k = v = x);  h = LN2(x); out = h + FFN(h)
+    """
+
+    def __init__(self, d: int, heads: int, p: float, device: torch.device, reference: bool = False):
         super().__init__()
-        self.heads, self.p = heads, p
+        self.heads, self.p, self.reference = heads, p, reference
         self.norm1 = nn.LayerNorm(d, device=device)
         self.qkv = nn.Linear(d, 3 * d, device=device)
         self.proj = nn.Linear(d, d, device=device)
@@ -131,11 +140,20 @@ class CausalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        normed = self.norm1(x)
+        if self.reference:  # one weight as in pre_norm, the queries' rows applied to LN1(x)
+            q = F.linear(normed, self.qkv.weight[:d], self.qkv.bias[:d])
+            kv = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:])
+            qkv = torch.cat([q, kv], -1)
+        else:
+            qkv = self.qkv(normed)
+        q, k, v = qkv.view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
-        x = x + dropout(self.proj(a.transpose(1, 2).reshape(b, length, d)), self.p, self.training)
-        h = self.ff2(dropout(F.relu(self.ff1(self.norm2(x))), self.p, self.training))
-        return x + dropout(h, self.p, self.training)
+        x = (normed if self.reference else x) + dropout(self.proj(a.transpose(1, 2).reshape(b, length, d)), self.p,
+                                                        self.training)
+        h = self.norm2(x)
+        out = self.ff2(dropout(F.relu(self.ff1(h)), self.p, self.training))
+        return (h if self.reference else x) + dropout(out, self.p, self.training)
 
 
 class SASRec(_Sequential):
@@ -147,7 +165,10 @@ class SASRec(_Sequential):
         self.scale = d ** 0.5
         self.recency = flavor.recency_positions
         self.position = PositionEmbedding(max(self.max_length, 1), d, device=device)
-        self.blocks = nn.ModuleList(CausalBlock(d, flavor.heads, flavor.dropout, device) for _ in range(flavor.blocks))
+        if flavor.block not in ("pre_norm", "reference"):
+            raise UserError(f"sasrec: block must be 'pre_norm' or 'reference', got {flavor.block!r}")
+        self.blocks = nn.ModuleList(CausalBlock(d, flavor.heads, flavor.dropout, device, flavor.block == "reference")
+                                    for _ in range(flavor.blocks))
         self.norm = nn.LayerNorm(d, device=device)
 
     def encode_positions(self, hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -178,7 +199,8 @@ class GRU4Rec(_Sequential):
 
 
 FLAVORS = {"debug": SequentialFlavor(8, blocks=1), "small": SequentialFlavor(64, blocks=2, dropout=0.5),
-           "small_recency": SequentialFlavor(64, blocks=2, dropout=0.5, recency_positions=True)}
+           "small_recency": SequentialFlavor(64, blocks=2, dropout=0.5, recency_positions=True),
+           "small_reference": SequentialFlavor(64, blocks=2, dropout=0.5, recency_positions=True, block="reference")}
 
 
 def build_sasrec(schema: DatasetSchema, flavor: SequentialFlavor, device: torch.device) -> SASRec:
