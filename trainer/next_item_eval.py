@@ -99,9 +99,10 @@ def next_item_ranks(scores: torch.Tensor, targets: torch.Tensor, hist: JaggedTen
     target = scores[rows, targets]
     rank_sampled = (scores.gather(1, cand) > target[:, None]).sum(1)
     # History items are scored -inf in place (the target's score was read above; the target
-    # itself never counts, history or not), and the (B, I) comparison is counted as uint8
-    # into int32: 3x faster on CPU than summing the bool tensor, which was a third of an
-    # evaluation's time (SASRec, 23,715 items).
+    # itself never counts, history or not), which saves two (B, I) masks, and the comparison
+    # is counted as uint8 into int32: 3x faster on CPU than summing the bool tensor (1,024 x
+    # 23,715: 82 against 248 ms on one thread); `shardrec eval` of SASRec on Video Games
+    # went from 19.6 to 18.6 s, the same figures.
     scores[torch.repeat_interleave(rows, hist.lengths().long()), hist.values()] = float("-inf")
     rank_full = (scores > target[:, None]).view(torch.uint8).sum(1, dtype=torch.int32)
     return rank_sampled, rank_full
