@@ -169,10 +169,10 @@ def _without_refused(values: list[str], full: list[str], key: str, where: str, t
     refused = _CPU_UNPOOLED_REFUSED[key]
     left = [v for v in (values or full) if v != refused]
     if values and not left:
-        raise UserError(f"config key '{where}' {list(values)}: table '{table}' is unpooled (one vector per id, "
-                        "a behaviour history's table), and on CPU FBGEMM's non-fused lookup (the dense kernel, which "
-                        "data_parallel uses) sums each bag instead; on CPU such a table needs the fused kernel and a sharded type (table_wise, "
-                        "row_wise, ...)")
+        raise UserError(f"config key '{where}' {list(values)}: table '{table}' is unpooled (one vector per "
+                        "id, a behaviour history's table), and on CPU FBGEMM's non-fused lookup (the dense "
+                        "kernel, which data_parallel uses) sums each bag instead; on CPU such a table needs the "
+                        "fused kernel and a sharded type (table_wise, row_wise, ...)")
     return left
 
 

@@ -179,12 +179,24 @@ def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
 
 
 def test_batch_norm_trains_sharded_through_run(multihot_data, tmp_path):
-    # Built on meta, so DMP must materialise the normalisation layers too.
-    from shardrec.trainer.loop import run
+    # Built on meta, so DMP must materialise the normalisation layers too, statistics included.
+    from shardrec.data_pipeline.schema import load_schema
+    from shardrec.trainer.distributed import init_distributed, shutdown
+    from shardrec.trainer.loop import build_sharded_task, run
+    from shardrec.trainer.registry import HiddenBatchNorm
 
     cfg = load_config("tiny", [f"--dataset.path={multihot_data}", f"--run_dir={tmp_path / 'run'}",
                                "--model.name=dlrm", "--model.flavor=debug", "--model.batch_norm=true",
                                "--train.max_steps=6", "--eval.max_batches=1", "--checkpoint.save_final=false"])
+    env = init_distributed()
+    try:
+        dmp, _ = build_sharded_task(load_schema(multihot_data), cfg, env)
+        norms = [m for m in dmp.modules() if isinstance(m, HiddenBatchNorm)]
+        assert len(norms) == 3  # bottom MLP's two layers, top MLP's hidden one
+        for m in norms:
+            assert (m.running_mean == 0).all() and (m.running_var == 1).all() and (m.weight == 1).all()
+    finally:
+        shutdown(env)
     summary = run(cfg)
     assert summary["steps"] == 6 and 0.0 < summary["auc"] < 1.0 and math.isfinite(summary["logloss"])
 
