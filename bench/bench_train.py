@@ -181,13 +181,16 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str]) -> dict[st
     """Summed samples/s of the shardrec step, 1 thread a rank: {"1": one rank alone,
     "1+1": two independent one-rank jobs at once (the machine's ceiling for 2 ranks: no
     communication, only the cores and memory they share), "2 <comm>": 2 ranks with
-    embeddings.comm_precision <comm>, for each of `comm`}."""
+    embeddings.comm_precision <comm>, for each of `comm`}. A `comm` entry "bf16:row_wise"
+    also holds every table to that sharding type (default: the planner's choice, table-wise
+    for these equal tables)."""
 
-    def launch(n: int, precision: str) -> subprocess.Popen:
+    def launch(n: int, comm: str) -> subprocess.Popen:
+        precision, _, sharding = comm.partition(":")
         return subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
              str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
-             f"--comm-precision={precision}"],
+             f"--comm-precision={precision}", f"--sharding={sharding}"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -218,8 +221,10 @@ def rank_worker(args) -> None:
     try:
         schema = bench_schema(args.rows)
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
-        step = shardrec_step(schema, batches, args.batch, env,
-                             ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}"])
+        overrides = ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}"]
+        if args.sharding:
+            overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
+        step = shardrec_step(schema, batches, args.batch, env, overrides)
         # One write (the newline included), so that the other rank's line cannot split it.
         sys.stdout.write(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}\n")
         sys.stdout.flush()
@@ -245,7 +250,9 @@ def main() -> None:
     p.add_argument("--quality-steps", type=int, default=250)
     p.add_argument("--full-steps", type=int, default=300)
     p.add_argument("--comm-precision", default="fp32,bf16",
-                   help="with --ranks: the embeddings.comm_precision values 2 ranks are timed with")
+                   help="with --ranks: the embeddings.comm_precision values 2 ranks are timed with, each "
+                   "optionally with a sharding type for every table (e.g. bf16:row_wise)")
+    p.add_argument("--sharding", default="", help=argparse.SUPPRESS)
     p.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     quiet_libraries()
