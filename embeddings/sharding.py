@@ -33,8 +33,7 @@ from torchrec.distributed.planner.types import (
     TrainerConfig,
 )
 from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingPlan, ShardingType
-from torchrec.modules.embedding_configs import DataType
-from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
 
 FUSED_OPTIMIZERS = {
     "sgd": EmbOptimType.EXACT_SGD,
@@ -120,7 +119,7 @@ _CPU_UNPOOLED_REFUSED = {"compute_kernels": EmbeddingComputeKernel.DENSE.value,
 
 def unpooled_tables(model: nn.Module) -> set[str]:
     """Names of the tables of the model's EmbeddingCollections (one vector per id)."""
-    return {c.name for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()}
+    return {c.name for c in model_table_configs(model) if isinstance(c, EmbeddingConfig)}
 
 
 def constraints(model: nn.Module, cfg: EmbeddingsConfig,

@@ -88,7 +88,6 @@ def evaluate_next_item(task, data: RetrievalData, reader: ShardReader, known: Us
     return out
 
 
-
 def next_item_ranks(scores: torch.Tensor, targets: torch.Tensor, hist: JaggedTensor,
                     cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """scores (B, I) of every catalogue item (overwritten), targets (B,) the rows' items,

@@ -150,10 +150,8 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
     if cfg.embedding_dim:
         flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
     model = spec.build(schema, flavor, device)
-    if cfg.batch_norm:
-        add_batch_norm(model)
-    if cfg.dropout:
-        add_dropout(model, cfg.dropout)
+    if cfg.batch_norm or cfg.dropout:
+        wrap_hidden_layers(model, cfg.batch_norm, cfg.dropout)
     return model
 
 
@@ -179,29 +177,19 @@ class HiddenBatchNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
-def add_batch_norm(model: nn.Module) -> nn.Module:
-    """Batch normalisation between the linear map and the ReLU of every ReLU hidden layer of
-    the model's TorchRec MLPs (the layers add_dropout reaches). TorchRec's Perceptron has no
-    such option, so its activation becomes BatchNorm + ReLU: the new parameters are named
-    `..._activation_fn.0.*`, and add_dropout afterwards still finds the ReLU."""
+def wrap_hidden_layers(model: nn.Module, batch_norm: bool, dropout: float) -> nn.Module:
+    """Every ReLU hidden layer of the model's TorchRec MLPs (deep towers, DLRM's bottom and top
+    MLPs; output units and cross layers are left as they are) becomes Linear -> [BatchNorm]
+    -> ReLU -> [Dropout(p)]. TorchRec's MLP has neither option, so each such Perceptron's
+    activation becomes that sequence. Dropout adds no parameter, so checkpoints and exports
+    keep their keys; batch norm's are named `..._activation_fn.0.*`. eval() turns dropout
+    off and makes batch norm use its running statistics."""
     for m in model.modules():
         if isinstance(m, Perceptron) and m._activation_fn is torch.relu:
-            width = m._linear.out_features
-            m._activation_fn = nn.Sequential(HiddenBatchNorm(width, device=m._linear.weight.device), nn.ReLU())
-    return model
-
-
-def add_dropout(model: nn.Module, p: float) -> nn.Module:
-    """Dropout with rate p after every ReLU hidden layer of the model's TorchRec MLPs (deep
-    towers, DLRM's bottom and top MLPs); output units and cross layers are left as they are.
-    TorchRec's MLP has no dropout option, so each such Perceptron's activation becomes
-    ReLU + Dropout: no parameter is added or renamed, so checkpoints and exports keep their
-    keys, and eval() turns it off."""
-    for m in model.modules():
-        if not isinstance(m, Perceptron):
-            continue
-        if m._activation_fn is torch.relu:
-            m._activation_fn = nn.Sequential(nn.ReLU(), nn.Dropout(p))
-        elif isinstance(m._activation_fn, nn.Sequential) and isinstance(m._activation_fn[0], HiddenBatchNorm):
-            m._activation_fn.append(nn.Dropout(p))
+            layers = [nn.ReLU()]
+            if batch_norm:
+                layers.insert(0, HiddenBatchNorm(m._linear.out_features, device=m._linear.weight.device))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            m._activation_fn = nn.Sequential(*layers)
     return model
