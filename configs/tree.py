@@ -91,6 +91,11 @@ class ModelConfig:
     # model.dropout reaches): Linear -> BatchNorm -> ReLU (-> Dropout), as FuxiCTR's
     # `batch_norm` option. Evaluation, prediction and export use the running statistics.
     batch_norm: bool = False
+    # Add a first-order (logistic-regression) term w0 + sum_f w_f(id_f) + <w, x> to the model's
+    # logit, with its own scalar tables `lin_<feature>` (sharded and optimised like any
+    # other): the "linear part" DeepCTR gives every model. For the models without one
+    # (dlrm, dlrm_dcn, dcn, dcnv2, dnn); the others have it built in.
+    first_order: bool = False
     # Width of every embedding row, replacing the flavor's (0 = the flavor's own). DLRM's
     # bottom MLP, whose last layer must match it, ends at this width too.
     embedding_dim: Count = 0

@@ -34,9 +34,10 @@ from shardrec.trainer.models import (
     wide_deep,
     xdeepfm,
 )
-from shardrec.trainer.models.common import LearnedDenseVector
+from shardrec.trainer.models.common import FeatureLinear, LearnedDenseVector
 from torch import nn
 from torchrec.modules.mlp import Perceptron
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,32 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             pairs.append(tuple(names))
         # The configured crosses replace the flavor's (explicit and automatic) ones.
         flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
+    if cfg.first_order and spec.family != "ranking":
+        raise UserError(f"config key 'model.first_order': model '{cfg.name}' is not a click (ranking) model")
     if cfg.embedding_dim:
         flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
     model = spec.build(schema, flavor, device)
     if cfg.batch_norm or cfg.dropout:
         wrap_hidden_layers(model, cfg.batch_norm, cfg.dropout)
+    if cfg.first_order:
+        if any(isinstance(m, FeatureLinear) for m in model.modules()):
+            raise UserError(f"config key 'model.first_order': model '{cfg.name}' has a first-order term of its own")
+        model = WithFirstOrder(model, FeatureLinear(schema, device))
     return model
+
+
+class WithFirstOrder(nn.Module):
+    """A ranking model's logit plus a first-order term: forward(dense (B, D), kjt) ->
+    model(dense, kjt) + linear(dense, kjt), (B, 1). The term's scalar tables `lin_<f>` form
+    one more EmbeddingBagCollection, which embeddings/ plans and shards with the model's own."""
+
+    def __init__(self, model: nn.Module, linear: FeatureLinear):
+        super().__init__()
+        self.model = model
+        self.linear = linear
+
+    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        return self.model(dense, kjt) + self.linear(dense, kjt)
 
 
 def _with_embedding_dim(name: str, flavor: Any, dim: int) -> Any:

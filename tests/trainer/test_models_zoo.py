@@ -178,8 +178,9 @@ def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
         shutdown(env)
 
 
-def test_batch_norm_trains_sharded_through_run(multihot_data, tmp_path):
-    # Built on meta, so DMP must materialise the normalisation layers too, statistics included.
+def test_batch_norm_and_first_order_train_sharded_through_run(multihot_data, tmp_path):
+    # Built on meta, so DMP must materialise the normalisation layers too, statistics included,
+    # and shard the first-order term's tables beside the model's own.
     from shardrec.data_pipeline.schema import load_schema
     from shardrec.trainer.distributed import init_distributed, shutdown
     from shardrec.trainer.loop import build_sharded_task, run
@@ -187,7 +188,7 @@ def test_batch_norm_trains_sharded_through_run(multihot_data, tmp_path):
 
     cfg = load_config("tiny", [f"--dataset.path={multihot_data}", f"--run_dir={tmp_path / 'run'}",
                                "--model.name=dlrm", "--model.flavor=debug", "--model.batch_norm=true",
-                               "--train.max_steps=6", "--eval.max_batches=1", "--checkpoint.save_final=false"])
+                               "--model.first_order=true", "--train.max_steps=6", "--eval.max_batches=1", "--checkpoint.save_final=false"])
     env = init_distributed()
     try:
         dmp, _ = build_sharded_task(load_schema(multihot_data), cfg, env)
@@ -195,6 +196,8 @@ def test_batch_norm_trains_sharded_through_run(multihot_data, tmp_path):
         assert len(norms) == 3  # bottom MLP's two layers, top MLP's hidden one
         for m in norms:
             assert (m.running_mean == 0).all() and (m.running_var == 1).all() and (m.weight == 1).all()
+        sharded = {name for name, _ in dmp.named_parameters()} | set(dmp.state_dict())
+        assert any(".linear.ebc.embedding_bags.lin_" in name for name in sharded), sorted(sharded)[:20]
     finally:
         shutdown(env)
     summary = run(cfg)
@@ -358,3 +361,22 @@ def test_embedding_dim_replaces_the_flavors_row_width(movielens_schema, name):
 def test_embedding_dim_needs_a_model_with_rows():
     with pytest.raises(UserError, match="model 'lr' has no embedding width"):
         build_model(None, ModelConfig("lr", "small", embedding_dim=8), META)
+
+
+def test_first_order_adds_a_sharded_linear_term(movielens_schema):
+    torch.manual_seed(0)
+    model = build_model(movielens_schema, ModelConfig("dcn", "debug", first_order=True), torch.device("cpu"))
+    tables = sorted(c.name for ebc in ebcs(model) for c in ebc.embedding_bag_configs())
+    assert [t for t in tables if t.startswith("lin_")] == sorted(f"lin_{f.name}" for f in movielens_schema.sparse)
+    dense, kjt = torch.rand(32, len(movielens_schema.dense)), _movielens_kjt(movielens_schema, 32)
+    model.eval()
+    torch.testing.assert_close(model(dense, kjt), model.model(dense, kjt) + model.linear(dense, kjt))
+    # The term moves the logit: its bias shifts every row by the same amount.
+    before = model(dense, kjt)
+    with torch.no_grad():
+        model.linear.bias.add_(1.5)
+    torch.testing.assert_close(model(dense, kjt), before + 1.5)
+    with pytest.raises(UserError, match="'model.first_order': model 'deepfm' has a first-order term of its own"):
+        build_model(movielens_schema, ModelConfig("deepfm", "debug", first_order=True), META)
+    with pytest.raises(UserError, match="'model.first_order': model 'sasrec' is not a click"):
+        build_model(movielens_schema, ModelConfig("sasrec", "debug", first_order=True), META)
