@@ -91,7 +91,12 @@ CONVERT_OPTIONS = dict(label="click", dense=[f"d{j}" for j in range(DENSE)], den
                        sparse=[f"c{j}" for j in range(len(CARDINALITY))], multi_hot=["genres:|"], overwrite=True)
 
 
-def convert_command(src: Path, out: Path, workers: int, via: str = "api") -> list[str]:
+# The same conversion with every categorical column hashed into 2^20 buckets instead of a
+# vocabulary: no statistics are needed, so it is one pass (read -> Parquet).
+HASH_BUCKETS = 1 << 20
+
+
+def convert_command(src: Path, out: Path, workers: int, via: str = "api", hashed: bool = False) -> list[str]:
     """The conversion as a subprocess: through the Python API (`convert_table(...)`), or
     through the `shardrec convert table` CLI (which also imports torch, in main())."""
     if via == "cli":
@@ -100,7 +105,8 @@ def convert_command(src: Path, out: Path, workers: int, via: str = "api") -> lis
                 "--label", o["label"], "--dense", ",".join(o["dense"]), "--dense-transform", o["dense_transform"],
                 "--sparse", ",".join(o["sparse"]), "--multi-hot", o["multi_hot"][0], "--workers", str(workers),
                 "--overwrite"]
-    call = f"convert_table([{str(src)!r}], {str(out)!r}, workers={workers}, **{CONVERT_OPTIONS!r})"
+    options = {**CONVERT_OPTIONS, "hash_buckets": HASH_BUCKETS} if hashed else CONVERT_OPTIONS
+    call = f"convert_table([{str(src)!r}], {str(out)!r}, workers={workers}, **{options!r})"
     return [sys.executable, "-c", f"from shardrec.data_pipeline.convert_table import convert_table; {call}"]
 
 
@@ -192,17 +198,18 @@ def bench_speed(work: Path, rows: int, workers: int, repeats: int) -> None:
     print(f"  baseline read_csv, 1 thread, first call  {rows / runs[0][0]:>11,.0f} rows/s  {first:>11,.0f} rows/s per core")
     print(f"  baseline read_csv, 1 thread, best of {repeats}   {rows / wall:>11,.0f} rows/s  {base:>11,.0f} rows/s per core")
     out = work / "out"
-    for n_workers in sorted({1, workers}):
+    for n_workers, hashed in [(n, False) for n in sorted({1, workers})] + [(n, True) for n in sorted({1, workers})]:
         best = None
         for _ in range(repeats):
-            r = run_convert(convert_command(src, out, n_workers))
+            r = run_convert(convert_command(src, out, n_workers, hashed=hashed))
             r["worker_cpu"] = json.loads((out / "schema.json").read_text())["source"]["worker_cpu_s"]
             best = r if best is None or r["cpu"] < best["cpu"] else best
-        print(f"  convert_table(..., workers={n_workers}) in a subprocess, best of {repeats}: "
+        kind = f"hash_buckets={HASH_BUCKETS}, one pass" if hashed else "vocabularies, two passes"
+        print(f"  convert_table(..., workers={n_workers}; {kind}) in a subprocess, best of {repeats}: "
               f"{rows / best['wall']:,.0f} rows/s wall, {best['cpu']:.2f} CPU-s in its {best['processes']} "
               f"processes (start-up and imports included), {best['worker_cpu']:.2f} CPU-s in its tasks")
         rates = [("tasks only", rows / best["worker_cpu"]), ("whole process tree", rows / best["cpu"])]
-        if n_workers == workers:
+        if n_workers == workers and not hashed:
             cli = run_convert(convert_command(src, out, workers, via="cli"))
             print(f"    {cli['stdout']}")
             rates.append((f"CLI (--workers {workers}), whole tree", rows / cli["cpu"]))

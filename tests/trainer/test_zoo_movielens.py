@@ -27,15 +27,17 @@ def movielens(tmp_path_factory) -> str:
     return str(out)
 
 
-def train(model: str, data: str, run_dir: Path) -> dict:
+def train(model: str, data: str, run_dir: Path, *overrides: str) -> dict:
     cfg = load_config(f"{model}_movielens", [f"--dataset.path={data}", f"--run_dir={run_dir / model}",
-                                             "--checkpoint.save_final=false", "--train.progress=false"])
+                                             "--checkpoint.save_final=false", "--train.progress=false", *overrides])
     return run(cfg)
 
 
 def test_deepfm_and_dcnv2_beat_logistic_regression(movielens, tmp_path):
     baseline = train("lr", movielens, tmp_path)
-    for model in ("deepfm", "dcnv2"):
-        summary = train(model, movielens, tmp_path)
+    # DeepFM's preset early-stops after about 13 epochs (70 s here); after 5 it is already
+    # 0.785 (0.793 at its best), which keeps this test to a third of that.
+    for model, overrides in (("deepfm", ["--train.epochs=5"]), ("dcnv2", [])):
+        summary = train(model, movielens, tmp_path, *overrides)
         assert summary["auc"] >= AUC_FLOOR, summary
         assert summary["auc"] - baseline["auc"] >= LR_MARGIN, (model, summary["auc"], baseline["auc"])
