@@ -17,6 +17,8 @@ every categorical column, log1p on the dense columns, the default 0.8/0.1/0.1 sp
     user + sys time from /proc: interpreter start, imports, the parent, the fork server and
     the workers) and, apart, the CPU its tasks report (schema.json source.worker_cpu_s).
     Then once as `python -m shardrec convert table ...` (the CLI imports torch first).
+    Then the same conversions with every categorical column hashed into 2^20 buckets (one
+    pass: no vocabulary, no scratch rows).
     Per core = rows / CPU-seconds.
 (2) Memory. Peak memory of the conversion for each of --memory-rows: the largest sum of
     the proportional set size (Pss, /proc/PID/smaps_rollup; shared pages split between the
