@@ -177,8 +177,9 @@ def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
         return summary
 
 
-def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str]) -> dict[str, float]:
-    """Summed samples/s of the shardrec step, 1 thread a rank: {"1": one rank alone,
+def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str = "bf16") -> dict[str, float]:
+    """Summed samples/s of the shardrec step, 1 thread a rank, dense layers in `dense`
+    precision (train.precision; configs/bench_dlrm.yaml's is bf16): {"1": one rank alone,
     "1+1": two independent one-rank jobs at once (the machine's ceiling for 2 ranks: no
     communication, only the cores and memory they share), "2 <comm>": 2 ranks with
     embeddings.comm_precision <comm>, for each of `comm`}. A `comm` entry "bf16:row_wise"
@@ -190,7 +191,7 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str]) -> dict[st
         return subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
              str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
-             f"--comm-precision={precision}", f"--sharding={sharding}"],
+             f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -221,7 +222,8 @@ def rank_worker(args) -> None:
     try:
         schema = bench_schema(args.rows)
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
-        overrides = ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}"]
+        overrides = ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}",
+                     f"--train.precision={args.precision}"]
         if args.sharding:
             overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
         step = shardrec_step(schema, batches, args.batch, env, overrides)
@@ -302,7 +304,8 @@ def main() -> None:
             if p != "fp32":
                 print(f"  {p} - fp32: {r['auc'] - runs['fp32']['auc']:+.4f}")
     if args.ranks:
-        rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","))
+        # The dense layers in the last --precision given (bf16 in `make bench`), as before.
+        rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","), precisions[-1])
         one = rates.pop("1")
         print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |")
         both = rates.pop("1+1")
