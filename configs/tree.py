@@ -221,7 +221,8 @@ class TrainConfig:
     # compute); `base`: the plain one-batch-at-a-time pipeline.
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
     # Compute precision of the dense layers: bf16 runs them under autocast (GPU, or a CPU
-    # with bf16 support); the loss and the optimizer state stay fp32. fp16 is not offered:
+    # with bf16 instructions: avx512_bf16 or AMX; on other CPUs it is emulated and slower
+    # than fp32, and the run says so); the loss and the optimizer state stay fp32. fp16 is not offered:
     # it needs loss scaling, which TorchRec's train pipelines do not apply.
     precision: Literal["fp32", "bf16"] = "fp32"
     # Intra-op CPU threads for torch (0 = all cores).

@@ -53,7 +53,7 @@ from shardrec.trainer.registry import build_model, family, traceable
 from shardrec.trainer.retrieval_eval import RetrievalData, evaluate_topk
 from shardrec.trainer.retrieval_task import RetrievalTask
 from shardrec.trainer.run_dir import RunDir, default_run_dir
-from shardrec.trainer.task import ClickTask
+from shardrec.trainer.task import ClickTask, emulated_bf16_note
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
 
@@ -343,6 +343,9 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     torch.set_num_threads(_threads(cfg))
     resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
+    note = emulated_bf16_note(cfg.train.precision, env.device.type)
+    if note:
+        say(env, note)
     # Everything that can be refused is checked before the run folder is touched.
     kind = family(cfg.model.name)
     check_metric(cfg.train.early_stopping, kind != "ranking", cfg.retrieval.ks, next_item=kind == "sequential")

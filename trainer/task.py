@@ -39,3 +39,16 @@ class ClickTask(nn.Module):
         if aux is not None:
             loss = loss + aux.float()
         return loss, (loss.detach(), logits.detach(), batch.labels)
+
+
+def emulated_bf16_note(precision: str, device_type: str) -> str | None:
+    """A note for `train.precision: bf16` on a CPU that has no bf16 dot-product instructions
+    (avx512_bf16 or AMX): oneDNN then emulates bf16 matrix products, which is slower than
+    fp32 (on this project's 2-core Intel VM a 2048 x 512 x 512 product: 29 against 122
+    GFLOP/s, and DLRM's step 2.6x slower; docs/benchmarks.md). None when it does not apply."""
+    if precision != "bf16" or device_type != "cpu":
+        return None
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return None
+    return ("note: train.precision is bf16, but this CPU has no bf16 instructions (avx512_bf16 or AMX): "
+            "its bf16 matrix products are emulated and run slower than fp32; --train.precision=fp32 is faster here")

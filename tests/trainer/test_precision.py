@@ -36,9 +36,25 @@ def test_fp16_tables_are_stored_in_fp16(tiny_data):
 
 
 @pytest.mark.slow
-def test_bf16_compute_with_fp16_tables_still_learns(tiny_cfg):
+def test_bf16_compute_with_fp16_tables_still_learns(tiny_cfg, monkeypatch, capsys):
     tiny_cfg.train.precision = "bf16"
     tiny_cfg.embeddings.weights_dtype = "fp16"
     tiny_cfg.checkpoint.save_final = False
+    # As on a CPU without bf16 instructions: the run says so, then trains all the same.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     summary = run(tiny_cfg)
     assert summary["auc"] - 0.5 >= 0.6 * (summary["teacher_auc"] - 0.5), summary
+    assert "no bf16 instructions (avx512_bf16 or AMX)" in capsys.readouterr().out
+
+
+def test_the_emulated_bf16_note_only_where_bf16_is_emulated(monkeypatch):
+    from shardrec.trainer.task import emulated_bf16_note
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert "--train.precision=fp32 is faster here" in emulated_bf16_note("bf16", "cpu")
+    assert emulated_bf16_note("fp32", "cpu") is None
+    assert emulated_bf16_note("bf16", "cuda") is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert emulated_bf16_note("bf16", "cpu") is None
