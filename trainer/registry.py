@@ -148,8 +148,9 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             pairs.append(tuple(names))
         # The configured crosses replace the flavor's (explicit and automatic) ones.
         flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
-    if cfg.first_order and spec.family != "ranking":
-        raise UserError(f"config key 'model.first_order': model '{cfg.name}' is not a click (ranking) model")
+    if cfg.first_order and (spec.family != "ranking" or spec.needs_history):
+        raise UserError(f"config key 'model.first_order': model '{cfg.name}' is not one of the click models "
+                        f"({', '.join(click_models())})")
     if cfg.embedding_dim:
         flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
     model = spec.build(schema, flavor, device)

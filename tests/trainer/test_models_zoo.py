@@ -378,5 +378,6 @@ def test_first_order_adds_a_sharded_linear_term(movielens_schema):
     torch.testing.assert_close(model(dense, kjt), before + 1.5)
     with pytest.raises(UserError, match="'model.first_order': model 'deepfm' has a first-order term of its own"):
         build_model(movielens_schema, ModelConfig("deepfm", "debug", first_order=True), META)
-    with pytest.raises(UserError, match="'model.first_order': model 'sasrec' is not a click"):
-        build_model(movielens_schema, ModelConfig("sasrec", "debug", first_order=True), META)
+    for name in ("sasrec", "dien"):
+        with pytest.raises(UserError, match=f"'model.first_order': model '{name}' is not one of the click models"):
+            build_model(movielens_schema, ModelConfig(name, "debug", first_order=True), META)
