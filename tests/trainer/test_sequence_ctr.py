@@ -22,9 +22,15 @@ def histories(tmp_path_factory) -> dict[str, str]:
     return {kind: history_dataset(tmp_path_factory.mktemp(kind), kind == "shuffled") for kind in ("real", "shuffled")}
 
 
+# Epochs each model needs on the real histories (seed 0): DIN 0.77 after 3 and 0.85 after 6;
+# BST 0.87 and DIEN 0.90 after 3 already. Shuffled histories stay at chance either way.
+EPOCHS = {"din": 6, "bst": 3, "dien": 3}
+
+
 def _auc(model: str, data: str, run_dir, seed: int = 0) -> float:
     cfg = load_config("din_movielens", [f"--model.name={model}", f"--dataset.path={data}", f"--run_dir={run_dir}",
-                                        "--train.epochs=6", "--train.batch_size=256", "--train.progress=false",
+                                        f"--train.epochs={EPOCHS[model]}", "--train.batch_size=256",
+                                        "--train.progress=false",
                                         "--model.flavor=small", "--embeddings.weight_decay=0",
                                         "--model.dropout=0", f"--train.seed={seed}"])
     return run(cfg)["auc"]
