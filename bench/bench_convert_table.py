@@ -30,6 +30,7 @@ every categorical column, log1p on the dense columns, the default 0.8/0.1/0.1 sp
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -200,7 +201,7 @@ def bench_speed(work: Path, rows: int, workers: int, repeats: int) -> None:
     print(f"  baseline read_csv, 1 thread, first call  {rows / runs[0][0]:>11,.0f} rows/s  {first:>11,.0f} rows/s per core")
     print(f"  baseline read_csv, 1 thread, best of {repeats}   {rows / wall:>11,.0f} rows/s  {base:>11,.0f} rows/s per core")
     out = work / "out"
-    for n_workers, hashed in [(n, False) for n in sorted({1, workers})] + [(n, True) for n in sorted({1, workers})]:
+    for hashed, n_workers in itertools.product((False, True), sorted({1, workers})):
         best = None
         for _ in range(repeats):
             r = run_convert(convert_command(src, out, n_workers, hashed=hashed))
