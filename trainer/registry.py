@@ -148,7 +148,7 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             pairs.append(tuple(names))
         # The configured crosses replace the flavor's (explicit and automatic) ones.
         flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
-    if cfg.first_order and (spec.family != "ranking" or spec.needs_history):
+    if cfg.first_order and cfg.name not in click_models():
         raise UserError(f"config key 'model.first_order': model '{cfg.name}' is not one of the click models "
                         f"({', '.join(click_models())})")
     if cfg.embedding_dim:
