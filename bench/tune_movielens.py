@@ -42,7 +42,9 @@ def one_run(model: str, overrides: list[str], seed: int, data: str, work: Path) 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable; the product is tried)")
+    p.add_argument("--grid", action="append", default=[],
+                   help="KEY=V1,V2,... or KEY=V1;V2;... when a value is a list ('a,b;' for one); repeatable: "
+                   "the product is tried")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--data", default="", help="a converted MovieLens 100K folder (default: convert to a temp folder)")
@@ -53,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         data = str(work / "ml100k")
         subprocess.run([sys.executable, "-m", "shardrec", "convert", "movielens", "--input", str(RAW), "--out", data],
                        check=True, capture_output=True, cwd=ROOT)
-    axes = [[f"{key}={v}" for v in values.split(",")] for key, values in (g.split("=", 1) for g in args.grid)]
+    # Candidates are split at ";" when there is one (list values hold commas: "a,b;" is one
+    # candidate), else at ",".
+    axes = [[f"{key}={v}" for v in (values.split(";") if ";" in values else values.split(",")) if v]
+            for key, values in (g.split("=", 1) for g in args.grid)]
     candidates = [list(c) for c in itertools.product(*axes)] or [[]]
     jobs = [(m, c, s) for m in args.models.split(",") for c in candidates for s in range(args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -80,9 +80,10 @@ class ModelConfig:
     # Size preset of the model: `debug` is tiny (tests); `shardrec models` and docs/models.md
     # list every model's flavors with their parameter counts.
     flavor: str = "small"
-    # Feature pairs a crossing model (wide_deep) crosses, as "a:b" (e.g. user_id:genres);
-    # when given, they replace the flavor's own crosses. Names must be the data set's
-    # sparse features.
+    # Feature pairs to cross, as "a:b" (e.g. user_id:genres); names must be the data set's
+    # sparse features. wide_deep: they replace the flavor's own crosses. Any other click
+    # model: Wide&Deep's cross-product terms are added to its logit, one scalar weight per
+    # pair of ids (tables `cross_<a>_x_<b>`, exact ids up to 1M pairs, hashed beyond).
     cross_pairs: list[str] = field(default_factory=list)
     # Dropout rate after every hidden ReLU layer of the model's MLPs (deep towers, DLRM's
     # bottom and top MLPs); 0 = none. Off at evaluation, prediction and export.

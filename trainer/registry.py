@@ -34,8 +34,9 @@ from shardrec.trainer.models import (
     wide_deep,
     xdeepfm,
 )
-from shardrec.trainer.models.common import FeatureLinear, LearnedDenseVector
+from shardrec.trainer.models.common import FeatureLinear, LearnedDenseVector, scalar_sum
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -136,18 +137,13 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
             f"config key 'model.flavor': model '{cfg.name}' has no flavor '{cfg.flavor}'; "
             f"choose one of: {', '.join(spec.flavors)}"
         )
-    if cfg.cross_pairs:
-        if not hasattr(flavor, "cross_pairs"):
-            raise UserError(f"config key 'model.cross_pairs': model '{cfg.name}' crosses no features "
-                            "(wide_deep does)")
-        pairs = []
-        for pair in cfg.cross_pairs:
-            names = pair.split(":")
-            if len(names) != 2 or not all(names):
-                raise UserError(f"config key 'model.cross_pairs': '{pair}' is not a pair 'a:b' of feature names")
-            pairs.append(tuple(names))
+    pairs = _cross_pairs(cfg.cross_pairs)
+    if pairs and hasattr(flavor, "cross_pairs"):
         # The configured crosses replace the flavor's (explicit and automatic) ones.
-        flavor = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0)
+        flavor, pairs = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0), []
+    elif pairs and cfg.name not in click_models():
+        raise UserError(f"config key 'model.cross_pairs': model '{cfg.name}' is not one of the click models "
+                        f"({', '.join(click_models())})")
     if cfg.first_order and cfg.name not in click_models():
         raise UserError(f"config key 'model.first_order': model '{cfg.name}' is not one of the click models "
                         f"({', '.join(click_models())})")
@@ -156,25 +152,54 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
     model = spec.build(schema, flavor, device)
     if cfg.batch_norm or cfg.dropout:
         wrap_hidden_layers(model, cfg.batch_norm, cfg.dropout)
-    if cfg.first_order:
-        if any(isinstance(m, FeatureLinear) for m in model.modules()):
-            raise UserError(f"config key 'model.first_order': model '{cfg.name}' has a first-order term of its own")
-        model = WithFirstOrder(model, FeatureLinear(schema, device))
+    if cfg.first_order and any(isinstance(m, FeatureLinear) for m in model.modules()):
+        raise UserError(f"config key 'model.first_order': model '{cfg.name}' has a first-order term of its own")
+    if cfg.first_order or pairs:
+        crosses = wide_deep.Crosses.of(schema, wide_deep.checked_pairs(schema, pairs), CROSS_HASH_SIZE) if pairs else None
+        model = WithWideTerms(model, FeatureLinear(schema, device) if cfg.first_order else None, crosses, device)
     return model
 
 
-class WithFirstOrder(nn.Module):
-    """A ranking model's logit plus a first-order term: forward(dense (B, D), kjt) ->
-    model(dense, kjt) + linear(dense, kjt), (B, 1). The term's scalar tables `lin_<f>` form
-    one more EmbeddingBagCollection, which embeddings/ plans and shards with the model's own."""
+# Rows of a cross table added to a model (not wide_deep's own, which its flavor sizes) when
+# the product space |V_a| |V_b| is larger: Wide&Deep's `small` flavor's size.
+CROSS_HASH_SIZE = wide_deep.FLAVORS["small"].cross_hash_size
 
-    def __init__(self, model: nn.Module, linear: FeatureLinear):
+
+def _cross_pairs(texts: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for pair in texts:
+        names = pair.split(":")
+        if len(names) != 2 or not all(names):
+            raise UserError(f"config key 'model.cross_pairs': '{pair}' is not a pair 'a:b' of feature names")
+        pairs.append((names[0], names[1]))
+    return pairs
+
+
+class WithWideTerms(nn.Module):
+    """A ranking model's logit plus Wide&Deep's wide terms: a first-order term
+    (`model.first_order`) and cross products (`model.cross_pairs`), either or both.
+
+        forward(dense (B, D), kjt) -> model(dense, kjt) + linear(dense, kjt)
+                                      + sum_{(a, b)} w_ab(cross(id_a, id_b))      (B, 1)
+
+    Their scalar tables `lin_<f>` and `cross_<a>_x_<b>` form more EmbeddingBagCollections,
+    which embeddings/ plans and shards with the model's own."""
+
+    def __init__(self, model: nn.Module, linear: FeatureLinear | None, crosses: wide_deep.Crosses | None = None,
+                 device: torch.device | None = None):
         super().__init__()
         self.model = model
         self.linear = linear
+        self.crosses = crosses
+        self.cross = EmbeddingBagCollection(tables=crosses.tables(), device=device) if crosses else None
 
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        return self.model(dense, kjt) + self.linear(dense, kjt)
+        out = self.model(dense, kjt)
+        if self.linear is not None:
+            out = out + self.linear(dense, kjt)
+        if self.cross is not None:
+            out = out + scalar_sum(self.cross(self.crosses.features(kjt)).values())
+        return out
 
 
 def _with_embedding_dim(name: str, flavor: Any, dim: int) -> Any:

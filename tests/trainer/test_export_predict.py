@@ -51,13 +51,17 @@ def trained(tiny_data, tmp_path_factory):
     return cfg, run(cfg)
 
 
+# The wide terms any click model can take: a first-order term and crosses (hashed C1 x C3).
+WIDE_TERMS = ["--model.first_order=true", "--model.cross_pairs=C1:C3,C9:C17"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*click_models(), "dcn+first_order"])
+@pytest.mark.parametrize("name", [*click_models(), "dcn+wide_terms"])
 def test_exported_model_scores_like_the_sharded_one(name, tiny_data, tmp_path):
     name, _, option = name.partition("+")
     cfg = load_config("tiny", [f"--dataset.path={tiny_data}", f"--run_dir={tmp_path / 'run'}",
                                f"--model.name={name}", f"--model.flavor={next(iter(MODELS[name].flavors))}",
-                               "--train.max_steps=10", *([f"--model.{option}=true"] if option else [])])
+                               "--train.max_steps=10", *(WIDE_TERMS if option else [])])
     run(cfg)
     assert cli(["export", "--run-dir", cfg.run_dir, "--out", str(tmp_path / "export")]) == 0
     expected = sharded_scores(cfg)

@@ -254,21 +254,43 @@ def test_wide_cross_ids_match_a_python_loop(exact):
     assert values.tolist() == [i for r in expected for i in r]
 
 
+def cross_reference(crosses: wide_deep.Crosses, ebc, kjt) -> torch.Tensor:
+    """sum_{(a, b)} sum_{id in cross(a, b)} w_ab(id), row by row: (B, 1)."""
+    sizes = {f.name: f.num_embeddings for f in SCHEMA.sparse}
+    out = torch.zeros(len(kjt.lengths()) // len(kjt.keys()), 1)
+    for (a, b), size, exact in zip(crosses.pairs, crosses.sizes, crosses.exact):
+        ids = python_cross_ids([r.tolist() for r in kjt[a].to_dense()], [r.tolist() for r in kjt[b].to_dense()],
+                               sizes[b], size, exact)
+        table = ebc.embedding_bags[f"cross_{a}_x_{b}"].weight
+        out = out + torch.stack([table[r].sum() if r else torch.tensor(0.0) for r in ids])[:, None] / LINEAR_WIDTH
+    return out
+
+
 def test_wide_and_deep_is_wide_linear_plus_crosses_plus_deep():
     model = build("wide_deep")
     dense, kjt = random_batch(SCHEMA)
-    assert model.pairs == [("a", "b"), ("a", "c"), ("b", "c")]  # debug: the first 3 features
-    wide = linear_reference(model.wide, dense, kjt)
-    sizes = {f.name: f.num_embeddings for f in SCHEMA.sparse}
-    for (a, b), size, exact in zip(model.pairs, model.cross_sizes, model.exact):
-        ids = python_cross_ids([r.tolist() for r in kjt[a].to_dense()], [r.tolist() for r in kjt[b].to_dense()],
-                               sizes[b], size, exact)
-        table = model.cross.embedding_bags[f"cross_{a}_x_{b}"].weight
-        wide = wide + torch.stack([table[r].sum() if r else torch.tensor(0.0) for r in ids])[:, None] / LINEAR_WIDTH
-    assert model.exact == [True, False, True]  # 50 x 20 and 20 x 30 fit the hash size 1000
+    crosses = model.crosses
+    assert crosses.pairs == (("a", "b"), ("a", "c"), ("b", "c"))  # debug: the first 3 features
+    assert crosses.exact == (True, False, True)  # 50 x 20 and 20 x 30 fit the hash size 1000
+    wide = linear_reference(model.wide, dense, kjt) + cross_reference(crosses, model.cross, kjt)
     deep_in = torch.cat([sparse_fields(model.embeddings.embedding_bag_collection, kjt, mean=True).flatten(1),
                          dense], 1)
     torch.testing.assert_close(model(dense, kjt), wide + model.deep(deep_in), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,first_order", [("dcn", True), ("dlrm", False), ("deepfm", False)])
+def test_cross_pairs_add_wide_and_deeps_cross_terms_to_any_click_model(name, first_order):
+    torch.manual_seed(0)
+    cfg = ModelConfig(name, "debug", cross_pairs=["a:b", "c:a"], first_order=first_order)
+    model = randomize(build_model(SCHEMA, cfg, CPU))
+    dense, kjt = random_batch(SCHEMA)
+    assert model.crosses.pairs == (("a", "b"), ("c", "a")) and model.crosses.exact == (True, True)
+    expected = model.model(dense, kjt) + cross_reference(model.crosses, model.cross, kjt)
+    if first_order:
+        expected = expected + linear_reference(model.linear, dense, kjt)
+    else:
+        assert model.linear is None
+    torch.testing.assert_close(model(dense, kjt), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", click_models())

@@ -178,9 +178,10 @@ def test_every_model_trains_sharded_through_run(name, multihot_data, tmp_path):
         shutdown(env)
 
 
-def test_batch_norm_and_first_order_train_sharded_through_run(multihot_data, tmp_path):
+def test_batch_norm_first_order_and_crosses_train_sharded_through_run(multihot_data, tmp_path):
     # Built on meta, so DMP must materialise the normalisation layers too, statistics included,
-    # and shard the first-order term's tables beside the model's own.
+    # and shard the first-order term's and the crosses' tables beside the model's own (C9 x C21:
+    # a one-hot by a multi-hot feature, exact ids; C1 x C3: hashed).
     from shardrec.data_pipeline.schema import load_schema
     from shardrec.trainer.distributed import init_distributed, shutdown
     from shardrec.trainer.loop import build_sharded_task, run
@@ -188,7 +189,7 @@ def test_batch_norm_and_first_order_train_sharded_through_run(multihot_data, tmp
 
     cfg = load_config("tiny", [f"--dataset.path={multihot_data}", f"--run_dir={tmp_path / 'run'}",
                                "--model.name=dlrm", "--model.flavor=debug", "--model.batch_norm=true",
-                               "--model.first_order=true", "--train.max_steps=6", "--eval.max_batches=1", "--checkpoint.save_final=false"])
+                               "--model.first_order=true", "--model.cross_pairs=C9:C21,C1:C3", "--train.max_steps=6", "--eval.max_batches=1", "--checkpoint.save_final=false"])
     env = init_distributed()
     try:
         dmp, _ = build_sharded_task(load_schema(multihot_data), cfg, env)
@@ -198,6 +199,8 @@ def test_batch_norm_and_first_order_train_sharded_through_run(multihot_data, tmp
             assert (m.running_mean == 0).all() and (m.running_var == 1).all() and (m.weight == 1).all()
         sharded = {name for name, _ in dmp.named_parameters()} | set(dmp.state_dict())
         assert any(".linear.ebc.embedding_bags.lin_" in name for name in sharded), sorted(sharded)[:20]
+        for table in ("cross_C9_x_C21", "cross_C1_x_C3"):
+            assert any(f".cross.embedding_bags.{table}." in name for name in sharded), sorted(sharded)[:20]
     finally:
         shutdown(env)
     summary = run(cfg)
@@ -229,8 +232,10 @@ def test_wide_deep_crosses_come_from_the_config(movielens_schema):
     assert sorted(t for t in tables if t.startswith("cross")) == ["cross_item_id_x_gender", "cross_user_id_x_genres"]
     with pytest.raises(UserError, match="'user_id' is not a pair 'a:b'"):
         build_model(movielens_schema, ModelConfig("wide_deep", "small", cross_pairs=["user_id"]), META)
-    with pytest.raises(UserError, match="model 'dlrm' crosses no features"):
-        build_model(movielens_schema, ModelConfig("dlrm", "small", cross_pairs=["user_id:genres"]), META)
+    with pytest.raises(UserError, match="'model.cross_pairs': model 'sasrec' is not one of the click models"):
+        build_model(movielens_schema, ModelConfig("sasrec", "debug", cross_pairs=["user_id:genres"]), META)
+    with pytest.raises(UserError, match=r"cross pair \(user_id, C1\): no sparse feature \['C1'\]"):
+        build_model(movielens_schema, ModelConfig("dcn", "debug", cross_pairs=["user_id:C1"]), META)
 
 
 @pytest.mark.parametrize("name", ["dlrm", "deepfm", "dnn"])

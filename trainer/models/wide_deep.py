@@ -30,7 +30,7 @@ from shardrec.data_pipeline.schema import DatasetSchema
 from shardrec.embeddings.tables import cross_feature_name, cross_table_configs
 from shardrec.trainer.models.common import FeatureLinear, field_embeddings, mlp_tower, scalar_sum
 from torch import nn
-from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -63,14 +63,20 @@ def hash_key(key: torch.Tensor) -> torch.Tensor:
     return (key % (1 << 31) * _LO_MULT + (key >> 31) * _HI_MULT) % _PRIME
 
 
-def resolve_pairs(schema: DatasetSchema, flavor: WideDeepFlavor) -> list[tuple[str, str]]:
+def checked_pairs(schema: DatasetSchema, pairs) -> list[tuple[str, str]]:
+    """`pairs` as a list, each naming two different sparse features of the data set."""
     names = schema.sparse_names
-    pairs = list(combinations(names[:flavor.auto_cross_features], 2))
-    for a, b in flavor.cross_pairs:
+    for a, b in pairs:
         missing = [n for n in (a, b) if n not in names]
         if missing or a == b:
-            raise UserError(f"wide_deep cross pair ({a}, {b}): "
+            raise UserError(f"cross pair ({a}, {b}): "
                             + (f"no sparse feature {missing}; have {names}" if missing else "a feature with itself"))
+    return [tuple(p) for p in pairs]
+
+
+def resolve_pairs(schema: DatasetSchema, flavor: WideDeepFlavor) -> list[tuple[str, str]]:
+    pairs = list(combinations(schema.sparse_names[:flavor.auto_cross_features], 2))
+    for a, b in checked_pairs(schema, flavor.cross_pairs):
         if (a, b) not in pairs and (b, a) not in pairs:
             pairs.append((a, b))
     return pairs
@@ -99,40 +105,60 @@ def cross_ids(a_values: torch.Tensor, a_lengths: torch.Tensor, b_values: torch.T
     return values, lengths
 
 
+@dataclass(frozen=True)
+class Crosses:
+    """The cross-product features of a wide part: which pairs, and how each cross id is made.
+
+    `features(kjt)` computes them from a batch; `tables()` are their scalar-weight tables
+    `cross_<a>_x_<b>`, `sizes[k]` rows each (exact ids when |V_a| |V_b| fits the hash size).
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+    b_sizes: tuple[int, ...]
+    sizes: tuple[int, ...]
+    exact: tuple[bool, ...]
+
+    @classmethod
+    def of(cls, schema: DatasetSchema, pairs: list[tuple[str, str]], hash_size: int) -> Crosses:
+        vocab = {f.name: f.num_embeddings for f in schema.sparse}
+        products = [vocab[a] * vocab[b] for a, b in pairs]
+        return cls(tuple(pairs), tuple(vocab[b] for _, b in pairs), tuple(min(p, hash_size) for p in products),
+                   tuple(p <= hash_size for p in products))
+
+    @property
+    def names(self) -> list[str]:
+        return [cross_feature_name(a, b) for a, b in self.pairs]
+
+    def tables(self) -> list[EmbeddingBagConfig]:
+        return cross_table_configs(list(self.pairs), list(self.sizes))
+
+    def features(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The crosses of a batch, as a KJT (keys `<a>_x_<b>`)."""
+        values, lengths = [], []
+        for (a, b), b_size, size, exact in zip(self.pairs, self.b_sizes, self.sizes, self.exact):
+            ja, jb = kjt[a], kjt[b]
+            v, n = cross_ids(ja.values(), ja.lengths(), jb.values(), jb.lengths(), b_size, size, exact)
+            values.append(v)
+            lengths.append(n)
+        return _make_kjt(self.names, values, lengths)
+
+
 class WideAndDeep(nn.Module):
     """forward(dense (B, D) float32, kjt) -> logits (B, 1)."""
 
     def __init__(self, schema: DatasetSchema, flavor: WideDeepFlavor, device: torch.device | None = None):
         super().__init__()
-        sizes = {f.name: f.num_embeddings for f in schema.sparse}
-        self.pairs = resolve_pairs(schema, flavor)
-        products = [sizes[a] * sizes[b] for a, b in self.pairs]
-        self.cross_sizes = [min(p, flavor.cross_hash_size) for p in products]
-        self.b_sizes = [sizes[b] for _, b in self.pairs]
-        self.exact = [p <= flavor.cross_hash_size for p in products]
-        self.cross_names = [cross_feature_name(a, b) for a, b in self.pairs]
-
+        self.crosses = Crosses.of(schema, resolve_pairs(schema, flavor), flavor.cross_hash_size)
         self.wide = FeatureLinear(schema, device)
-        self.cross = (EmbeddingBagCollection(tables=cross_table_configs(self.pairs, self.cross_sizes),
-                                             device=device) if self.pairs else None)
+        self.cross = EmbeddingBagCollection(tables=self.crosses.tables(), device=device) if self.crosses.pairs else None
         dim = flavor.embedding_dim
         self.embeddings = field_embeddings(schema, dim, device, PoolingType.MEAN)
         self.deep = mlp_tower(len(schema.sparse) * dim + len(schema.dense), flavor.deep, device)
 
-    def cross_features(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """The configured cross-product features of a batch, as a KJT (keys `<a>_x_<b>`)."""
-        values, lengths = [], []
-        for (a, b), b_size, size, exact in zip(self.pairs, self.b_sizes, self.cross_sizes, self.exact):
-            ja, jb = kjt[a], kjt[b]
-            v, n = cross_ids(ja.values(), ja.lengths(), jb.values(), jb.lengths(), b_size, size, exact)
-            values.append(v)
-            lengths.append(n)
-        return _make_kjt(self.cross_names, values, lengths)
-
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
         wide = self.wide(dense, kjt)
         if self.cross is not None:
-            wide = wide + scalar_sum(self.cross(self.cross_features(kjt)).values())
+            wide = wide + scalar_sum(self.cross(self.crosses.features(kjt)).values())
         deep_in = torch.cat([self.embeddings(kjt).flatten(1), dense], dim=1)
         return wide + self.deep(deep_in)
 
