@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from shardrec.configs.loader import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = 2000
@@ -110,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         held_labels = t["label"](pcsv.read_csv(held, parse_options=pcsv.ParseOptions(newlines_in_values=multiline)))
         for model in args.models.split(","):
             run_dir = work / f"{name}-{model}"
-            # The MovieLens presets' crosses name MovieLens columns: Wide&Deep gets this table's.
-            crosses = [f"--model.cross_pairs={t['crosses']}"] if model == "wide_deep" else []
+            # The MovieLens presets' crosses name MovieLens columns: a model whose preset has
+            # crosses gets this table's.
+            crosses = ([f"--model.cross_pairs={t['crosses']}"]
+                       if load_config(f"{model}_movielens").model.cross_pairs else [])
             shardrec("train", "--config", f"{model}_movielens", f"--dataset.path={data}", "--run-dir", str(run_dir),
                      "--train.progress=false", "--train.epochs=20", *crosses)
             summary = json.loads((run_dir / "summary.json").read_text())

@@ -236,6 +236,8 @@ def test_wide_deep_crosses_come_from_the_config(movielens_schema):
         build_model(movielens_schema, ModelConfig("sasrec", "debug", cross_pairs=["user_id:genres"]), META)
     with pytest.raises(UserError, match=r"cross pair \(user_id, C1\): no sparse feature \['C1'\]"):
         build_model(movielens_schema, ModelConfig("dcn", "debug", cross_pairs=["user_id:C1"]), META)
+    with pytest.raises(UserError, match=r"cross pair \(gender, user_id\) is given twice"):
+        build_model(movielens_schema, ModelConfig("dcn", "debug", cross_pairs=["user_id:gender", "gender:user_id"]), META)
 
 
 @pytest.mark.parametrize("name", ["dlrm", "deepfm", "dnn"])

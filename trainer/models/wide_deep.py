@@ -65,13 +65,16 @@ def hash_key(key: torch.Tensor) -> torch.Tensor:
 
 def checked_pairs(schema: DatasetSchema, pairs) -> list[tuple[str, str]]:
     """`pairs` as a list, each naming two different sparse features of the data set."""
-    names = schema.sparse_names
+    names, seen = schema.sparse_names, set()
     for a, b in pairs:
         missing = [n for n in (a, b) if n not in names]
         if missing or a == b:
             raise UserError(f"cross pair ({a}, {b}): "
                             + (f"no sparse feature {missing}; have {names}" if missing else "a feature with itself"))
-    return [tuple(p) for p in pairs]
+        if frozenset((a, b)) in seen:
+            raise UserError(f"cross pair ({a}, {b}) is given twice")
+        seen.add(frozenset((a, b)))
+    return [(a, b) for a, b in pairs]
 
 
 def resolve_pairs(schema: DatasetSchema, flavor: WideDeepFlavor) -> list[tuple[str, str]]:
