@@ -70,14 +70,20 @@ def fingerprint(model: ModelConfig, schema: DatasetSchema) -> dict:
              "dataset.sparse": {f.name: [f.num_embeddings, f.multi_hot] for f in schema.sparse}}
     if model.cross_pairs:  # only when set, so checkpoints from before the key still match
         found["model.cross_pairs"] = list(model.cross_pairs)
+    found.update({"model.first_order": model.first_order, "model.embedding_dim": model.embedding_dim})
     return found
+
+
+# Fingerprint keys that checkpoints written before them lack: not compared with those (the
+# strict key and shape check of the load still catches a model they would change).
+_LATER_KEYS = {"model.first_order", "model.embedding_dim"}
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
     out = []
     for key in [*now, *(k for k in saved if k not in now)]:
         a, b = saved.get(key), now.get(key)
-        if a == b:
+        if a == b or (key in _LATER_KEYS and key not in saved):
             continue
         if key == "dataset.sparse" and isinstance(a, dict):
             changed = [f"{n} {a[n][0]} -> {b[n][0]}" for n in b if n in a and a[n] != b[n]][:5]

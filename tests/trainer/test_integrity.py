@@ -120,6 +120,22 @@ def test_eval_with_another_model_or_flavor_is_refused(capsys, trained):
     assert rc == 2 and "model.name (checkpoint: 'dlrm', now: 'deepfm')" in err
     rc, err = shardrec(capsys, "eval", "--run-dir", str(trained), "--model.flavor=small")
     assert rc == 2 and "model.flavor (checkpoint: 'debug', now: 'small')" in err
+    # The wide terms and the row width shape the weights too.
+    rc, err = shardrec(capsys, "eval", "--run-dir", str(trained), "--model.first_order=true",
+                       "--model.cross_pairs=C1:C2", "--model.embedding_dim=4")
+    assert rc == 2 and "model.first_order (checkpoint: False, now: True)" in err
+    assert "model.cross_pairs (checkpoint: None, now: ['C1:C2'])" in err
+    assert "model.embedding_dim (checkpoint: 0, now: 4)" in err
+
+
+def test_checkpoints_from_before_a_fingerprint_key_still_load(capsys, run_copy):
+    for ckpt in list_checkpoints(run_copy / "checkpoints"):
+        info = json.loads((ckpt / INFO_FILE).read_text())
+        for key in ("model.first_order", "model.embedding_dim"):
+            del info["fingerprint"][key]
+        (ckpt / INFO_FILE).write_text(json.dumps(info))
+    rc, err = shardrec(capsys, "eval", "--run-dir", str(run_copy))
+    assert rc == 0, err
 
 
 def test_eval_on_another_data_set_is_refused(capsys, trained, data_copy):
