@@ -39,6 +39,20 @@ def one_run(model: str, overrides: list[str], seed: int, data: str, work: Path) 
     return summary
 
 
+def grid_candidates(grid: list[str]) -> list[list[str]]:
+    """Every combination of the --grid axes, as override lists ("key=value", no dashes).
+
+    An axis's values are split at ";" when it has one (a list value holds commas: "a,b;" is
+    one candidate), else at ","."""
+    axes = []
+    for g in grid:
+        key, sep, values = g.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--grid {g!r}: expected KEY=V1,V2,...")
+        axes.append([f"{key}={v}" for v in (values.split(";") if ";" in values else values.split(",")) if v])
+    return [list(c) for c in itertools.product(*axes)] or [[]]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="comma-separated model names")
@@ -55,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         data = str(work / "ml100k")
         subprocess.run([sys.executable, "-m", "shardrec", "convert", "movielens", "--input", str(RAW), "--out", data],
                        check=True, capture_output=True, cwd=ROOT)
-    # Candidates are split at ";" when there is one (list values hold commas: "a,b;" is one
-    # candidate), else at ",".
-    axes = [[f"{key}={v}" for v in (values.split(";") if ";" in values else values.split(",")) if v]
-            for key, values in (g.split("=", 1) for g in args.grid)]
-    candidates = [list(c) for c in itertools.product(*axes)] or [[]]
+    candidates = grid_candidates(args.grid)
     jobs = [(m, c, s) for m in args.models.split(",") for c in candidates for s in range(args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: one_run(*j, data, work), jobs))

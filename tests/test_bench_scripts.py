@@ -34,3 +34,15 @@ def test_train_benchmark_prints_every_row_with_a_ratio():
     out = run("bench_train.py", "--steps", "1", "--warmup", "1", "--rounds", "1", "--rows", "500", "--batch", "256")
     for name in ("plain PyTorch", "TorchRec stock recipe", "shardrec step (fp32)"):
         assert re.search(rf"^\| {re.escape(name)}.* \| [\d,]+ \| \d+\.\d\dx \|$", out, re.M), (name, out)
+
+
+def test_tune_grid_splits_list_values_at_semicolons():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from tune_movielens import grid_candidates
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert grid_candidates(["a=1,2", "b=x"]) == [["a=1", "b=x"], ["a=2", "b=x"]]
+    assert grid_candidates(["m.cross_pairs=u:g,i:a;", "n=0"]) == [["m.cross_pairs=u:g,i:a", "n=0"]]
+    assert grid_candidates(["p=u:g;u:g,i:a"]) == [["p=u:g"], ["p=u:g,i:a"]]
+    assert grid_candidates([]) == [[]]
