@@ -34,9 +34,8 @@ from shardrec.trainer.models import (
     wide_deep,
     xdeepfm,
 )
-from shardrec.trainer.models.common import FeatureLinear, LearnedDenseVector, scalar_sum
+from shardrec.trainer.models.common import FeatureLinear, LearnedDenseVector
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -141,11 +140,9 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
     if pairs and hasattr(flavor, "cross_pairs"):
         # The configured crosses replace the flavor's (explicit and automatic) ones.
         flavor, pairs = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0), []
-    elif pairs and cfg.name not in click_models():
-        raise UserError(f"config key 'model.cross_pairs': model '{cfg.name}' is not one of the click models "
-                        f"({', '.join(click_models())})")
-    if cfg.first_order and cfg.name not in click_models():
-        raise UserError(f"config key 'model.first_order': model '{cfg.name}' is not one of the click models "
+    wide_keys = [key for key, on in (("model.cross_pairs", pairs), ("model.first_order", cfg.first_order)) if on]
+    if wide_keys and cfg.name not in click_models():
+        raise UserError(f"config key '{wide_keys[0]}': model '{cfg.name}' is not one of the click models "
                         f"({', '.join(click_models())})")
     if cfg.embedding_dim:
         flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
@@ -191,14 +188,14 @@ class WithWideTerms(nn.Module):
         self.model = model
         self.linear = linear
         self.crosses = crosses
-        self.cross = EmbeddingBagCollection(tables=crosses.tables(), device=device) if crosses else None
+        self.cross = crosses.collection(device) if crosses else None
 
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
         out = self.model(dense, kjt)
         if self.linear is not None:
             out = out + self.linear(dense, kjt)
         if self.cross is not None:
-            out = out + scalar_sum(self.cross(self.crosses.features(kjt)).values())
+            out = out + self.crosses.term(self.cross, kjt)
         return out
 
 

@@ -30,7 +30,7 @@ from shardrec.data_pipeline.schema import DatasetSchema
 from shardrec.embeddings.tables import cross_feature_name, cross_table_configs
 from shardrec.trainer.models.common import FeatureLinear, field_embeddings, mlp_tower, scalar_sum
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -112,8 +112,8 @@ def cross_ids(a_values: torch.Tensor, a_lengths: torch.Tensor, b_values: torch.T
 class Crosses:
     """The cross-product features of a wide part: which pairs, and how each cross id is made.
 
-    `features(kjt)` computes them from a batch; `tables()` are their scalar-weight tables
-    `cross_<a>_x_<b>`, `sizes[k]` rows each (exact ids when |V_a| |V_b| fits the hash size).
+    `features(kjt)` computes them from a batch (exact ids when |V_a| |V_b| fits the hash size),
+    `collection()` makes their tables and `term()` is their sum in a model's logit.
     """
 
     pairs: tuple[tuple[str, str], ...]
@@ -132,8 +132,13 @@ class Crosses:
     def names(self) -> list[str]:
         return [cross_feature_name(a, b) for a, b in self.pairs]
 
-    def tables(self) -> list[EmbeddingBagConfig]:
-        return cross_table_configs(list(self.pairs), list(self.sizes))
+    def collection(self, device: torch.device | None = None) -> EmbeddingBagCollection:
+        """The scalar-weight tables `cross_<a>_x_<b>`, `sizes[k]` rows each."""
+        return EmbeddingBagCollection(tables=cross_table_configs(list(self.pairs), list(self.sizes)), device=device)
+
+    def term(self, collection: EmbeddingBagCollection, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        """sum_{(a, b)} w_ab(cross(id_a, id_b)) of a batch from `collection`'s weights: (B, 1)."""
+        return scalar_sum(collection(self.features(kjt)).values())
 
     def features(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The crosses of a batch, as a KJT (keys `<a>_x_<b>`)."""
@@ -153,7 +158,7 @@ class WideAndDeep(nn.Module):
         super().__init__()
         self.crosses = Crosses.of(schema, resolve_pairs(schema, flavor), flavor.cross_hash_size)
         self.wide = FeatureLinear(schema, device)
-        self.cross = EmbeddingBagCollection(tables=self.crosses.tables(), device=device) if self.crosses.pairs else None
+        self.cross = self.crosses.collection(device) if self.crosses.pairs else None
         dim = flavor.embedding_dim
         self.embeddings = field_embeddings(schema, dim, device, PoolingType.MEAN)
         self.deep = mlp_tower(len(schema.sparse) * dim + len(schema.dense), flavor.deep, device)
@@ -161,7 +166,7 @@ class WideAndDeep(nn.Module):
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
         wide = self.wide(dense, kjt)
         if self.cross is not None:
-            wide = wide + scalar_sum(self.cross(self.crosses.features(kjt)).values())
+            wide = wide + self.crosses.term(self.cross, kjt)
         deep_in = torch.cat([self.embeddings(kjt).flatten(1), dense], dim=1)
         return wide + self.deep(deep_in)
 
