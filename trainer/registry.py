@@ -138,7 +138,8 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
         )
     pairs = _cross_pairs(cfg.cross_pairs)
     if pairs and hasattr(flavor, "cross_pairs"):
-        # The configured crosses replace the flavor's (explicit and automatic) ones.
+        # The configured crosses replace the flavor's (explicit and automatic) ones; none is
+        # then left to add outside the model.
         flavor, pairs = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0), []
     wide_keys = [key for key, on in (("model.cross_pairs", pairs), ("model.first_order", cfg.first_order)) if on]
     if wide_keys and cfg.name not in click_models():

@@ -120,17 +120,14 @@ class Crosses:
     b_sizes: tuple[int, ...]
     sizes: tuple[int, ...]
     exact: tuple[bool, ...]
+    names: tuple[str, ...]  # the cross features' KJT keys, `<a>_x_<b>`
 
     @classmethod
     def of(cls, schema: DatasetSchema, pairs: list[tuple[str, str]], hash_size: int) -> Crosses:
         vocab = {f.name: f.num_embeddings for f in schema.sparse}
         products = [vocab[a] * vocab[b] for a, b in pairs]
         return cls(tuple(pairs), tuple(vocab[b] for _, b in pairs), tuple(min(p, hash_size) for p in products),
-                   tuple(p <= hash_size for p in products))
-
-    @property
-    def names(self) -> list[str]:
-        return [cross_feature_name(a, b) for a, b in self.pairs]
+                   tuple(p <= hash_size for p in products), tuple(cross_feature_name(a, b) for a, b in pairs))
 
     def collection(self, device: torch.device | None = None) -> EmbeddingBagCollection:
         """The scalar-weight tables `cross_<a>_x_<b>`, `sizes[k]` rows each."""
@@ -148,7 +145,7 @@ class Crosses:
             v, n = cross_ids(ja.values(), ja.lengths(), jb.values(), jb.lengths(), b_size, size, exact)
             values.append(v)
             lengths.append(n)
-        return _make_kjt(self.names, values, lengths)
+        return _make_kjt(list(self.names), values, lengths)
 
 
 class WideAndDeep(nn.Module):
