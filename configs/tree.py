@@ -290,7 +290,8 @@ class RetrievalConfig:
     # the row's own event only (one target a row); all: every position predicts the item
     # after it (SASRec's and GRU4Rec's training), with its own drawn negative. `all` suits
     # the split `convert interactions --train-sequences` writes (dataset.train_split=
-    # train_sequences: one row per user, its whole training sequence).
+    # train_sequences: one row per user, its whole training sequence; train_valid_sequences:
+    # the same followed by the user's valid item, for a final fit scored on test).
     train_positions: Literal["last", "all"] = "last"
 
 

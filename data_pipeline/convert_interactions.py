@@ -30,7 +30,9 @@ Steps, all vectorised over rows (numpy / Arrow):
      --train-sequences also writes the split `train_sequences`: each user's last training
      row alone, whose history is the user's training sequence (its latest N items): what a
      next-item model trained on every position reads (retrieval.train_positions=all), one
-     row per user instead of one per event.
+     row per user instead of one per event; and `train_valid_sequences`, each user's last
+     row of train and valid (the training sequence, then the valid item): a final fit on
+     train and valid, for as many epochs as validation chose, scored on test.
   7. write DIR/{train,valid,test}/part-00000.parquet (rows sorted by user_id, time; row groups
      of 8192 rows), DIR/users.parquet, DIR/items.parquet and DIR/schema.json (last), through
      a staging folder renamed at the end (convert_common.staging).
@@ -139,6 +141,11 @@ def history_column(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
 
 
 SEQUENCE_SPLIT = "train_sequences"
+# Each user's last row of train and valid: the training sequence grown by the valid item, for
+# a final fit after the epochs were chosen on valid (then scored on test only).
+REFIT_SPLIT = "train_valid_sequences"
+# Which splits' events a sequence split holds (a negative must not be one of them).
+SEQUENCE_SOURCES = {SEQUENCE_SPLIT: ("train",), REFIT_SPLIT: ("train", "valid")}
 
 
 def _held_out(n: int, fraction: float, seed: list[int]) -> tuple[np.ndarray, int]:
@@ -383,11 +390,12 @@ def convert_interactions(inputs: Sequence[str | os.PathLike] | str, out: str | o
         writer = SplitWriter(tmp, "part-00000.parquet", arrow, ROW_GROUP_ROWS)
         for code, name in enumerate(SPLITS):
             writer.write(name, whole.take(pa.array(np.flatnonzero(which == code))))
-        if train_sequences:  # rows are in (user, time) order: a user's last train row ends its run
-            tr = np.flatnonzero(which == 0)
-            writer.write(SEQUENCE_SPLIT, whole.take(pa.array(tr[np.append(uid[tr][1:] != uid[tr][:-1], True)])))
+        if train_sequences:  # rows are in (user, time) order: a user's last row of its splits ends its run
+            for name, sources in SEQUENCE_SOURCES.items():
+                tr = np.flatnonzero(np.isin(which, [SPLITS.index(s) for s in sources]))
+                writer.write(name, whole.take(pa.array(tr[np.append(uid[tr][1:] != uid[tr][:-1], True)])))
         writer.close()
-        schema.splits = {name: writer.rows[name] for name in (*SPLITS, SEQUENCE_SPLIT) if writer.rows.get(name)}
+        schema.splits = {name: writer.rows[name] for name in (*SPLITS, *SEQUENCE_SOURCES) if writer.rows.get(name)}
         pq.write_table(pa.table({"user_id": pa.array(np.arange(num_users)), "raw_user": pc.cast(raw_users, pa.string()),
                                  **{n: _column(v) for n, v in user_cols.items()}}), tmp / USERS_FILE)
         pq.write_table(pa.table({"item_id": pa.array(np.arange(num_items)), "raw_item": pc.cast(raw_items, pa.string()),

@@ -358,7 +358,9 @@ def add_interactions_parser(kinds) -> None:
     g.add_argument("--train-sequences", action="store_true",
                    help="also write the split train_sequences: one row per user, its last training event, whose "
                         "history is the user's training sequence; next-item models trained on every position "
-                        "read it (dataset.train_split=train_sequences, retrieval.train_positions=all)")
+                        "read it (dataset.train_split=train_sequences, retrieval.train_positions=all); and "
+                        "train_valid_sequences, the same with each user's valid item appended, for a final fit "
+                        "on train and valid scored on test")
     g = i.add_argument_group("reading")
     g.add_argument("--delimiter", default=None, metavar="CHAR",
                    help="field separator of text files ('\\t' or tab for a tab); default ',' for .csv, tab for "

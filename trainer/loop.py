@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import Config
-from shardrec.data_pipeline.convert_interactions import SEQUENCE_SPLIT
+from shardrec.data_pipeline.convert_interactions import SEQUENCE_SOURCES
 from shardrec.data_pipeline.interactions import UserItems, require_interactions
 from shardrec.data_pipeline.negatives import NegativeSampler
 from shardrec.data_pipeline.reader import ShardReader
@@ -192,12 +192,23 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
 
 def check_train_positions(cfg: Config, schema: DatasetSchema, kind: str) -> None:
     """retrieval.train_positions=all: a next-item model, one drawn negative per position;
-    dataset.train_split=train_sequences: the data set has it."""
-    r = cfg.retrieval
-    if cfg.dataset.train_split == SEQUENCE_SPLIT and SEQUENCE_SPLIT not in schema.splits:
-        raise UserError(f"dataset.train_split={SEQUENCE_SPLIT}: '{cfg.dataset.path}' has no such split; convert it "
+    dataset.train_split=train_sequences / train_valid_sequences: the data set has it, and a
+    split scored during training (validation, early stopping) is not one trained on."""
+    r, split = cfg.retrieval, cfg.dataset.train_split
+    if split in SEQUENCE_SOURCES and split not in schema.splits:
+        raise UserError(f"dataset.train_split={split}: '{cfg.dataset.path}' has no such split; convert it "
                         "with `shardrec convert interactions ... --history N --train-sequences` (one row per user), "
                         "or train on its events with --dataset.train_split=train")
+    validates = cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric
+    trained_on = SEQUENCE_SOURCES.get(split, (split,))
+    for name, scored in (("eval.validation_split", cfg.eval.validation_split if validates else None),
+                         ("eval.split", cfg.eval.split)):
+        if scored in trained_on:
+            raise UserError(f"dataset.train_split={split} trains on the '{scored}' events, which {name} scores: "
+                            "score a split that is not trained on" + (
+                                "; a final fit on train and valid runs without validation (no "
+                                "train.early_stopping.metric, eval.every_epoch or eval.every_steps), for the "
+                                "epochs that a run on train_sequences chose" if scored == "valid" else ""))
     if r.train_positions == "last":
         return
     if kind != "sequential":
@@ -220,8 +231,10 @@ def retrieval_train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv, dat
                         pin_memory=env.device.type == "cuda")
     r = cfg.retrieval
     seen = data.splits[cfg.dataset.train_split]
-    if cfg.dataset.train_split == SEQUENCE_SPLIT and "train" in data.splits:
-        seen = data.splits["train"]  # every training event, not only each user's last row
+    sources = SEQUENCE_SOURCES.get(cfg.dataset.train_split, ())
+    if sources and all(s in data.splits for s in sources):
+        # every event the sequences hold, not only each user's last row
+        seen = UserItems.union([data.splits[s] for s in sources])
     sampler = NegativeSampler(r.negatives, data.catalogue.train_count, seen, r.popularity_alpha)
     history = (HISTORY,) if family(cfg.model.name) == "sequential" else ()
     all_positions = bool(history) and r.train_positions == "all"

@@ -75,6 +75,32 @@ def test_train_sequences_hold_each_users_last_training_row(ring):
     assert {len(r[HISTORY]) for r in seqs} == {9}
 
 
+def test_train_valid_sequences_hold_each_users_valid_row(ring):
+    """The final fit's rows: each user's valid row, whose history is the whole training
+    sequence; no row holds the test item, in its item or its history."""
+    valid = pq.read_table(Path(ring) / "valid").to_pylist()
+    test = {r["user_id"]: r["item_id"] for r in pq.read_table(Path(ring) / "test").to_pylist()}
+    seqs = pq.read_table(Path(ring) / "train_valid_sequences").to_pylist()
+    assert sorted(seqs, key=lambda r: r["user_id"]) == sorted(valid, key=lambda r: r["user_id"])
+    assert {len(r[HISTORY]) for r in seqs} == {10}  # the 10 train items (the history's cap)
+    assert all(test[r["user_id"]] != r["item_id"] and test[r["user_id"]] not in r[HISTORY] for r in seqs)
+
+
+def test_a_final_fit_on_train_and_valid_is_scored_on_test_only(ring, tmp_path):
+    args = [f"--dataset.path={ring}", "--train.batch_size=64", "--train.progress=false", "--model.flavor=debug",
+            "--embeddings.lr=0.1", "--optimizer.lr=0.01", "--eval.batch_size=256",
+            "--dataset.train_split=train_valid_sequences"]
+    cfg = load_config("sasrec_video_games", [*args, f"--run_dir={tmp_path / 'r'}"])
+    with pytest.raises(UserError, match="trains on the 'valid' events, which eval.validation_split scores"):
+        run(cfg)
+    assert not (tmp_path / "r").exists()
+    cfg = load_config("sasrec_video_games", [*args, f"--run_dir={tmp_path / 'fit'}", "--train.epochs=10",
+                                             "--train.early_stopping.metric="])
+    s = run(cfg)
+    assert s["eval_split"] == "test" and s["rows"] == 400
+    assert s["hr@10"] > 0.6, s
+
+
 @pytest.mark.parametrize("cls,block", [(SASRec, "pre_norm"), (SASRec, "reference"), (GRU4Rec, "pre_norm")])
 def test_every_position_sees_only_its_prefix(ring, cls, block):
     """With one negative per position, position j's state is exactly the last-position state
