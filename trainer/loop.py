@@ -190,6 +190,11 @@ def train_reader(cfg: Config, schema: DatasetSchema, env: DistEnv):
                        pin_memory=env.device.type == "cuda")
 
 
+def validates(cfg: Config) -> bool:
+    """Whether training scores eval.validation_split (every N steps, every epoch, or for early stopping)."""
+    return bool(cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric)
+
+
 def check_train_positions(cfg: Config, schema: DatasetSchema, kind: str) -> None:
     """retrieval.train_positions=all: a next-item model, one drawn negative per position;
     dataset.train_split=train_sequences / train_valid_sequences: the data set has it, and a
@@ -199,9 +204,8 @@ def check_train_positions(cfg: Config, schema: DatasetSchema, kind: str) -> None
         raise UserError(f"dataset.train_split={split}: '{cfg.dataset.path}' has no such split; convert it "
                         "with `shardrec convert interactions ... --history N --train-sequences` (one row per user), "
                         "or train on its events with --dataset.train_split=train")
-    validates = cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric
     trained_on = SEQUENCE_SOURCES.get(split, (split,))
-    for name, scored in (("eval.validation_split", cfg.eval.validation_split if validates else None),
+    for name, scored in (("eval.validation_split", cfg.eval.validation_split if validates(cfg) else None),
                          ("eval.split", cfg.eval.split)):
         if scored in trained_on:
             raise UserError(f"dataset.train_split={split} trains on the '{scored}' events, which {name} scores: "
@@ -279,9 +283,8 @@ def make_scorer(cfg: Config, schema: DatasetSchema, env: DistEnv, data: Retrieva
                                  train_split=cfg.dataset.train_split)
 
         return score_topk
-    validates = cfg.eval.every_steps or cfg.eval.every_epoch or cfg.train.early_stopping.metric
     readers = {cfg.eval.split: eval_reader(cfg, schema, env)}
-    if validates:
+    if validates(cfg):
         readers[cfg.eval.validation_split] = eval_reader(cfg, schema, env, cfg.eval.validation_split)
 
     def score_clicks(model, split: str, final: bool = False) -> dict:
@@ -445,8 +448,7 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     if resume_from:
         stopping.load_state_dict(read_info(Path(resume_from)).get("early_stopping"))
     # Validation after every epoch: asked for, or what early stopping does without every_steps.
-    validates = cfg.eval.every_steps or cfg.eval.every_epoch or stopping.enabled
-    epoch_validation = bool(validates) and (cfg.eval.every_epoch or not cfg.eval.every_steps)
+    epoch_validation = validates(cfg) and bool(cfg.eval.every_epoch or not cfg.eval.every_steps)
 
     def save(in_epoch: int, root: Path = run_dir.checkpoints, keep: int = cfg.checkpoint.keep) -> None:
         save_checkpoint(root, step, model, optimizer, {**info, "loss": value, "reader": train.state_dict(in_epoch),
