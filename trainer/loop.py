@@ -543,7 +543,10 @@ def _train(cfg: Config, env: DistEnv, schema: DatasetSchema, expected: dict, run
     if cfg.eval.split in schema.teacher_auc:
         summary["teacher_auc"] = schema.teacher_auc[cfg.eval.split]
     if stopping.enabled:
-        summary.update({"best_step": scored, "best_metric": cfg.train.early_stopping.metric,
+        # best_epoch: the epochs of training the best weights had (what a final fit on train and
+        # valid trains for: train.epochs = ceil(best_epoch)).
+        summary.update({"best_step": scored, "best_epoch": round(scored / max(len(train), 1), 3),
+                        "best_metric": cfg.train.early_stopping.metric,
                         "best_value": stopping.best_value, "stopped_early": stopped})
     run_dir.write_summary(summary)
     return summary

@@ -44,6 +44,7 @@ def test_training_stops_after_the_best_epoch_and_scores_the_best_weights(tiny_da
     assert summary["stopped_early"] and summary["steps"] < 12 * steps_per_epoch
     best = max(valid, key=valid.get)
     assert summary["best_step"] == best and summary["best_value"] == pytest.approx(valid[best])
+    assert summary["best_epoch"] == best // steps_per_epoch
     assert summary["steps"] == best + 2 * steps_per_epoch
     assert all(valid[s] < valid[best] for s in valid if s > best)  # training on made it worse
     # The test score is the best weights', not the last ones' (which score lower).
