@@ -36,6 +36,7 @@ import torch.distributed.checkpoint as dcp
 from shardrec.configs.errors import UserError
 from shardrec.configs.tree import ModelConfig
 from shardrec.data_pipeline.schema import DatasetSchema
+from shardrec.trainer.registry import revision
 from shardrec.trainer.safe_dcp import read_metadata_file, safe_load
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
@@ -71,6 +72,8 @@ def fingerprint(model: ModelConfig, schema: DatasetSchema) -> dict:
     if model.cross_pairs:  # only when set, so checkpoints from before the key still match
         found["model.cross_pairs"] = list(model.cross_pairs)
     found.update({"model.first_order": model.first_order, "model.embedding_dim": model.embedding_dim})
+    if revision(model.name) > 1:  # only then, so checkpoints of unchanged models still match
+        found["model.revision"] = revision(model.name)
     return found
 
 
@@ -84,6 +87,10 @@ def _differences(saved: dict, now: dict) -> list[str]:
     for key in [*now, *(k for k in saved if k not in now)]:
         a, b = saved.get(key), now.get(key)
         if a == b or (key in _LATER_KEYS and key not in saved):
+            continue
+        if key == "model.revision":
+            out.append(f"the model's revision (checkpoint: {a or 1}, now: {b or 1}: model '{now.get('model.name')}' "
+                       "computes differently since; retrain, or use the shardrec version that wrote it)")
             continue
         if key == "dataset.sparse" and isinstance(a, dict):
             changed = [f"{n} {a[n][0]} -> {b[n][0]}" for n in b if n in a and a[n] != b[n]][:5]

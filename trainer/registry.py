@@ -56,6 +56,10 @@ class ModelSpec:
     traceable: bool = True
     # Reads a behaviour history (a sequence feature of the data set; `--history N`).
     needs_history: bool = False
+    # Bumped when the same weights start computing something else (a parameter-free term
+    # added): a checkpoint written before is then refused, though its keys and shapes match.
+    # 2 for din, bst, dien: FM's second-order term joined their logit.
+    revision: int = 1
 
 
 def _dlrm_family(build: Callable[[DatasetSchema, Any, torch.device], nn.Module]):
@@ -85,9 +89,11 @@ MODELS: dict[str, ModelSpec] = {
     "lr": ModelSpec(baselines.build_lr, baselines.LR_FLAVORS, baseline=True),
     "fm": ModelSpec(baselines.build_fm, baselines.FM_FLAVORS, baseline=True),
     "dnn": ModelSpec(baselines.build_dnn, baselines.DNN_FLAVORS, baseline=True),
-    "din": ModelSpec(sequence_ctr.build_din, sequence_ctr.FLAVORS, traceable=False, needs_history=True),
-    "bst": ModelSpec(sequence_ctr.build_bst, sequence_ctr.FLAVORS, traceable=False, needs_history=True),
-    "dien": ModelSpec(dien.build_dien, dien.FLAVORS, traceable=False, needs_history=True),
+    "din": ModelSpec(sequence_ctr.build_din, sequence_ctr.FLAVORS, traceable=False, needs_history=True,
+                     revision=2),
+    "bst": ModelSpec(sequence_ctr.build_bst, sequence_ctr.FLAVORS, traceable=False, needs_history=True,
+                     revision=2),
+    "dien": ModelSpec(dien.build_dien, dien.FLAVORS, traceable=False, needs_history=True, revision=2),
     "mf": ModelSpec(retrieval.build_mf, retrieval.MF_FLAVORS, family="retrieval", traceable=False),
     "ncf": ModelSpec(retrieval.build_ncf, retrieval.NEUMF_FLAVORS, family="retrieval", traceable=False),
     "two_tower": ModelSpec(retrieval.build_two_tower, retrieval.TWO_TOWER_FLAVORS, family="retrieval",
@@ -109,6 +115,12 @@ def traceable(name: str) -> bool:
     """Whether TrainPipelineSparseDist can trace model `name` (see ModelSpec.traceable)."""
     spec = MODELS.get(name)
     return spec.traceable if spec else True
+
+
+def revision(name: str) -> int:
+    """The architecture revision of model `name` (ModelSpec.revision; 1 for unknown names)."""
+    spec = MODELS.get(name)
+    return spec.revision if spec else 1
 
 
 def family(name: str) -> str:
@@ -142,9 +154,10 @@ def build_model(schema: DatasetSchema, cfg: ModelConfig, device: torch.device) -
         # then left to add outside the model.
         flavor, pairs = dataclasses.replace(flavor, cross_pairs=tuple(pairs), auto_cross_features=0), []
     wide_keys = [key for key, on in (("model.cross_pairs", pairs), ("model.first_order", cfg.first_order)) if on]
-    if wide_keys and cfg.name not in click_models():
+    ranking = [n for n, s in MODELS.items() if s.family == "ranking"]
+    if wide_keys and cfg.name not in ranking:
         raise UserError(f"config key '{wide_keys[0]}': model '{cfg.name}' is not one of the click models "
-                        f"({', '.join(click_models())})")
+                        f"({', '.join(ranking)})")
     if cfg.embedding_dim:
         flavor = _with_embedding_dim(cfg.name, flavor, cfg.embedding_dim)
     model = spec.build(schema, flavor, device)
@@ -191,8 +204,13 @@ class WithWideTerms(nn.Module):
         self.crosses = crosses
         self.cross = crosses.collection(device) if crosses else None
 
-    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor):
         out = self.model(dense, kjt)
+        if isinstance(out, tuple):  # (logits, auxiliary loss): DIEN in training
+            return (self._add_terms(out[0], dense, kjt), *out[1:])
+        return self._add_terms(out, dense, kjt)
+
+    def _add_terms(self, out: torch.Tensor, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
         if self.linear is not None:
             out = out + self.linear(dense, kjt)
         if self.cross is not None:

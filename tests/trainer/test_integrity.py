@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from corruption import copy_dataset, flip_bytes, set_value, split_files
+from shardrec.configs.errors import UserError
+from shardrec.configs.tree import ModelConfig
+from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
 from shardrec.launch.cli import main
-from shardrec.trainer.checkpoint import INFO_FILE, list_checkpoints
+from shardrec.trainer.checkpoint import INFO_FILE, check_fingerprint, fingerprint, list_checkpoints
 from shardrec.trainer.run_dir import RunDir
 
 FAST = ["--train.max_steps=6", "--eval.max_batches=1", "--train.log_every=1"]
@@ -136,6 +139,19 @@ def test_checkpoints_from_before_a_fingerprint_key_still_load(capsys, run_copy):
         (ckpt / INFO_FILE).write_text(json.dumps(info))
     rc, err = shardrec(capsys, "eval", "--run-dir", str(run_copy))
     assert rc == 0, err
+
+
+def test_a_checkpoint_of_an_earlier_model_revision_is_refused():
+    # din's weights from before its FM term have the same keys and shapes: only the revision
+    # in the fingerprint tells them apart.
+    schema = DatasetSchema(label="label", dense=["d"], sparse=[SparseFeature("item_id", 10)])
+    now = fingerprint(ModelConfig(name="din"), schema)
+    saved = {k: v for k, v in now.items() if k != "model.revision"}
+    with pytest.raises(UserError, match=r"the model's revision \(checkpoint: 1, now: 2: model 'din' computes"):
+        check_fingerprint(Path("ckpt"), {"fingerprint": saved}, now)
+    check_fingerprint(Path("ckpt"), {"fingerprint": dict(now)}, now)
+    # Models that never changed keep matching checkpoints written before the key existed.
+    assert "model.revision" not in fingerprint(ModelConfig(name="deepfm"), schema)
 
 
 def test_eval_on_another_data_set_is_refused(capsys, trained, data_copy):

@@ -385,6 +385,29 @@ def test_first_order_adds_a_sharded_linear_term(movielens_schema):
     torch.testing.assert_close(model(dense, kjt), before + 1.5)
     with pytest.raises(UserError, match="'model.first_order': model 'deepfm' has a first-order term of its own"):
         build_model(movielens_schema, ModelConfig("deepfm", "debug", first_order=True), META)
-    for name in ("sasrec", "dien"):
-        with pytest.raises(UserError, match=f"'model.first_order': model '{name}' is not one of the click models"):
-            build_model(movielens_schema, ModelConfig(name, "debug", first_order=True), META)
+    with pytest.raises(UserError, match="'model.first_order': model 'sasrec' is not one of the click models"):
+        build_model(movielens_schema, ModelConfig("sasrec", "debug", first_order=True), META)
+
+
+def test_history_models_take_cross_pairs_and_keep_their_auxiliary_loss():
+    from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    schema = DatasetSchema(label="label", dense=[], sparse=[
+        SparseFeature("item_id", 20), SparseFeature("user_id", 5),
+        SparseFeature("hist_item_id", 20, multi_hot=True, sequence_of="item_id", max_length=4)])
+    torch.manual_seed(0)
+    model = build_model(schema, ModelConfig("dien", "debug", cross_pairs=["user_id:item_id"]), torch.device("cpu"))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        ["item_id", "user_id", "hist_item_id"], torch.tensor([1, 2, 3, 4, 1, 0, 5, 6, 7]),
+        torch.tensor([1, 1, 1, 1, 3, 2]))
+    dense = torch.zeros(2, 0)
+    logits, aux = model.train()(dense, kjt)
+    torch.manual_seed(0)
+    inner_logits, inner_aux = model.model(dense, kjt)
+    cross = model.crosses.term(model.cross, kjt)
+    torch.testing.assert_close(logits, inner_logits + cross)
+    torch.testing.assert_close(aux, inner_aux)
+    assert logits.shape == (2, 1) and aux.ndim == 0
+    with pytest.raises(UserError, match="'model.first_order': model 'dien' has a first-order term of its own"):
+        build_model(schema, ModelConfig("dien", "debug", first_order=True), META)

@@ -12,7 +12,10 @@ the target and history vectors (E x the number of targets).
     attention           a_t = softmax_t(h_t W e_target) over real positions   (B, L)
     interest evolving   AUGRU: a GRU whose update gate is scaled by a_t;
                         u = its state after the last real item                (B, W)
-    logit = first-order term + MLP([pooled fields, target, u, dense])         (B, 1)
+    logit = first-order term + FM(pooled fields, target) + MLP([pooled fields, target, u, dense])
+                        (B, 1); FM as in sequence_ctr.py, without an interest field: DIEN's
+                        attention and auxiliary loss already tie the target to the history
+                        (it learns the synthetic history data of the tests in 3 epochs)
 
 In training, forward returns (logits, aux_weight x auxiliary loss) and ClickTask adds the
 second to the click loss; in evaluation, logits alone. A row without history gets u = 0.
