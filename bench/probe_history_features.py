@@ -22,15 +22,12 @@ Prints each column's AUC against the label on every split.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import torch
+from probe_rating_history import copy_with_dense
 from torchmetrics.functional import auroc
 
 LIKE_RATE = 0.55  # share of ratings >= 4 in MovieLens 100K
@@ -90,25 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     raw = np.loadtxt(args.raw, dtype=np.int64)
     columns = (knn if args.kind == "knn" else temporal)(raw)
-    row = {(u, i): n for n, (u, i) in enumerate(zip(raw[:, 0].tolist(), raw[:, 1].tolist()))}
-    schema = json.loads((Path(args.data) / "schema.json").read_text())
-    tmp = Path(args.out + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split in schema["splits"]:
-        table = ds.dataset(Path(args.data) / split).to_table()
-        rows = [row[k] for k in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist())]
+
+    def report(split: str, table: pa.Table) -> None:
         label = torch.tensor(table["label"].to_numpy()).long()
-        aucs = []
-        for name, values in columns.items():
-            table = table.append_column(name, pa.array(values[rows].astype(np.float32)))
-            aucs.append(f"{name} {float(auroc(torch.tensor(values[rows]), label, task='binary')):.4f}")
+        aucs = [f"{name} {float(auroc(torch.tensor(table[name].to_numpy()), label, task='binary')):.4f}"
+                for name in columns]
         print(f"{split}: AUC of each column alone: {', '.join(aucs)}")
-        (tmp / split).mkdir(parents=True)
-        pq.write_table(table, tmp / split / "part-00000.parquet")
-    schema["dense"] += list(columns)
-    (tmp / "schema.json").write_text(json.dumps(schema, indent=2))
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
+
+    copy_with_dense(args.data, args.out, raw, columns, report)
     return 0
 
 

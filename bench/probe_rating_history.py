@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,30 @@ def like_shares(raw: np.ndarray) -> dict[int, np.ndarray]:
     return out
 
 
+def copy_with_dense(data: str, out: str, raw: np.ndarray, columns: dict[str, np.ndarray],
+                    report: Callable[[str, pa.Table], None] | None = None) -> None:
+    """Copy the converted data set `data` to `out` (same rows, same splits) with one dense
+    column per entry of `columns`: name -> (N,) values by line of u.data (`raw`, N ratings),
+    matched to the rows by (user_id, item_id). `report(split, table)` sees each split's table."""
+    row = {(u, i): n for n, (u, i) in enumerate(zip(raw[:, 0].tolist(), raw[:, 1].tolist()))}
+    schema = json.loads((Path(data) / "schema.json").read_text())
+    tmp = Path(out + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split in schema["splits"]:
+        table = ds.dataset(Path(data) / split).to_table()
+        rows = [row[k] for k in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist())]
+        for name, values in columns.items():
+            table = table.append_column(name, pa.array(values[rows].astype(np.float32)))
+        if report:
+            report(split, table)
+        (tmp / split).mkdir(parents=True)
+        pq.write_table(table, tmp / split / "part-00000.parquet")
+    schema["dense"] += list(columns)
+    (tmp / "schema.json").write_text(json.dumps(schema, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a `shardrec convert movielens` folder")
@@ -55,21 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     raw = np.loadtxt(args.raw, dtype=np.int64)
     shares = like_shares(raw)
-    row = {(u, i): n for n, (u, i) in enumerate(zip(raw[:, 0].tolist(), raw[:, 1].tolist()))}
-    schema = json.loads((Path(args.data) / "schema.json").read_text())
-    tmp = Path(args.out + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split in schema["splits"]:
-        table = ds.dataset(Path(args.data) / split).to_table()
-        rows = [row[k] for k in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist())]
-        for k in WINDOWS:
-            table = table.append_column(f"hist_like{k}", pa.array(shares[k][rows].astype(np.float32)))
-        (tmp / split).mkdir(parents=True)
-        pq.write_table(table, tmp / split / "part-00000.parquet")
-    schema["dense"] += [f"hist_like{k}" for k in WINDOWS]
-    (tmp / "schema.json").write_text(json.dumps(schema, indent=2))
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
+    copy_with_dense(args.data, args.out, raw, {f"hist_like{k}": shares[k] for k in WINDOWS})
     print(f"wrote {args.out}: dense columns {', '.join(f'hist_like{k}' for k in WINDOWS)} added")
     return 0
 
