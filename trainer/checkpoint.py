@@ -72,8 +72,8 @@ def fingerprint(model: ModelConfig, schema: DatasetSchema) -> dict:
     if model.cross_pairs:  # only when set, so checkpoints from before the key still match
         found["model.cross_pairs"] = list(model.cross_pairs)
     found.update({"model.first_order": model.first_order, "model.embedding_dim": model.embedding_dim})
-    if revision(model.name) > 1:  # only then, so checkpoints of unchanged models still match
-        found["model.revision"] = revision(model.name)
+    if (rev := revision(model.name)) > 1:  # only then, so checkpoints of unchanged models still match
+        found["model.revision"] = rev
     return found
 
 

@@ -15,7 +15,7 @@ E embedding dim, F the pooled fields.
           u   = the target position's output, plus m, the mean of the history's (B, 2E)
     logit = first-order term + FM(pooled fields, t, m) + MLP([pooled fields, t, u, dense])  (B, 1)
 
-FM is DeepFM's second-order term over the E-wide field vectors (flavor.fm): without it these
+FM is DeepFM's second-order term over the E-wide field vectors: without it these
 models trailed deepfm on MovieLens by 0.003-0.009 test AUC. Its interest field m is a mean,
 so that its scale does not grow with the history; with the target in FM but no interest
 field, DIN and BST were still at chance after 6 epochs of the synthetic history data of
@@ -48,9 +48,6 @@ class SequenceCTRFlavor:
     attention: tuple[int, ...] = (36,)  # DIN's activation unit
     heads: int = 2  # BST
     dropout: float = 0.1  # BST's attention and feed-forward dropout
-    # FM's second-order term over the field vectors (module docstring), as DeepFM adds it to
-    # its deep tower.
-    fm: bool = True
 
 
 def split_features(schema: DatasetSchema) -> tuple[list[SparseFeature], dict[str, list[str]]]:
@@ -90,7 +87,7 @@ class SequenceCTR(nn.Module):
         self.sequences = EmbeddingCollection(device=device, tables=[
             EmbeddingConfig(name=table_name(t), embedding_dim=d, num_embeddings=sizes[t], feature_names=[t, *hist])
             for t, hist in self.targets.items()])
-        self.fm, self.dim = flavor.fm, d
+        self.dim = d
         self.width = d * len(self.targets)  # target and history vectors: their tables side by side
         self.deep = mlp_tower(len(pooled) * d + self.width + pooled_width + len(schema.dense), flavor.dnn, device)
 
@@ -118,11 +115,9 @@ class SequenceCTR(nn.Module):
         """first order + [FM over the pooled fields, the target and fm_user] + deep tower;
         target (B, W), user (B, kW), fm_user (B, jW) or None -> (B, 1)."""
         pooled = self.pooled_fields(kjt)
-        out = self.linear(dense, kjt) + self.deep(torch.cat([pooled, target, user, dense], dim=-1))
-        if self.fm:
-            fields = torch.cat([pooled, target] + ([fm_user] if fm_user is not None else []), dim=-1)
-            out = out + fm_interaction(fields.view(fields.shape[0], -1, self.dim))  # (B, N, E) -> (B, 1)
-        return out
+        fields = torch.cat([pooled, target] + ([fm_user] if fm_user is not None else []), dim=-1)
+        return (self.linear(dense, kjt) + fm_interaction(fields.view(fields.shape[0], -1, self.dim))  # (B, N, E)
+                + self.deep(torch.cat([pooled, target, user, dense], dim=-1)))
 
 
 class OneBiasLinear(nn.Linear):
