@@ -49,7 +49,7 @@ from shardrec.data_pipeline.schema import DatasetSchema, SparseFeature
 from shardrec.embeddings.tables import table_configs
 from shardrec.launch.console import quiet_libraries
 from shardrec.trainer.distributed import init_distributed, shutdown
-from shardrec.trainer.loop import build_sharded_task
+from shardrec.trainer.loop import build_sharded_task, set_up_process
 from shardrec.trainer.models.dlrm import FLAVORS
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
@@ -144,8 +144,15 @@ def stock_torchrec(schema: DatasetSchema, batches: list[Batch], batch: int, env)
     return lambda: pipeline.progress(it)
 
 
-def shardrec_step(schema: DatasetSchema, batches: list[Batch], batch: int, env, extra: list[str]) -> Callable[[], None]:
+def shardrec_step(schema: DatasetSchema, batches: list[Batch], batch: int, env, extra: list[str],
+                  set_up: bool = False) -> Callable[[], None]:
+    """The step of `build_sharded_task` and its pipeline; with `set_up`, this process also
+    gets `shardrec train`'s thread, core and allocator settings (set_up_process), which
+    are process-wide: the rank workers' own processes take them, the in-process comparison
+    with the baselines does not."""
     cfg = shardrec_config(batch, FLAVORS["bench"].embedding_dim, extra)
+    if set_up:
+        set_up_process(cfg, env)
     model, optimizer = build_sharded_task(schema, cfg, env)
     cls = TrainPipelineSparseDist if cfg.train.pipeline == "sparse_dist" else TrainPipelineBase
     pipeline = cls(model, optimizer, env.device)
@@ -226,7 +233,7 @@ def rank_worker(args) -> None:
                      f"--train.precision={args.precision}"]
         if args.sharding:
             overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
-        step = shardrec_step(schema, batches, args.batch, env, overrides)
+        step = shardrec_step(schema, batches, args.batch, env, overrides, set_up=True)
         # One write (the newline included), so that the other rank's line cannot split it.
         sys.stdout.write(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}\n")
         sys.stdout.flush()

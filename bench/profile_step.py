@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import bench_schema, make_batches, shardrec_config  # noqa: E402
 from shardrec.launch.console import quiet_libraries  # noqa: E402
 from shardrec.trainer.distributed import init_distributed, shutdown  # noqa: E402
-from shardrec.trainer.loop import build_sharded_task  # noqa: E402
+from shardrec.trainer.loop import build_sharded_task, set_up_process  # noqa: E402
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -67,6 +67,8 @@ def main() -> None:
     cfg = shardrec_config(args.batch, args.dim, [f"--train.precision={args.precision}", *(f"--{o}" for o in args.set)])
     env = init_distributed()
     try:
+        cfg.train.num_threads = args.threads
+        set_up_process(cfg, env)  # as `shardrec train`: threads, cores, allocator
         model, optimizer = build_sharded_task(schema, cfg, env)
         label_modules(model.module.model if hasattr(model, "module") else model, depth=1)
         cls = TrainPipelineSparseDist if args.pipeline == "sparse_dist" else TrainPipelineBase

@@ -228,6 +228,13 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     # Intra-op CPU threads for torch (0 = all cores).
     num_threads: Count = 0
+    # CPU runs: `auto` binds each local rank to its own cores when several ranks share a
+    # node and their threads fit its cores (trainer/cpu_placement.py); `none` leaves the
+    # placement to the kernel.
+    cpu_affinity: Literal["auto", "none"] = "auto"
+    # CPU runs: keep the step's large buffers in glibc's heap for reuse instead of mapping
+    # and unmapping them every step (trainer/cpu_placement.py; no effect off glibc).
+    malloc_tuning: bool = True
     # Show a progress bar when stderr is a terminal.
     progress: bool = True
     # Timeout of the process group's collectives, in minutes: a rank that waits longer for

@@ -41,6 +41,7 @@ from shardrec.trainer.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from shardrec.trainer.cpu_placement import place_cpu_process
 from shardrec.trainer.distributed import DistEnv, init_distributed, on_rank0, shutdown
 from shardrec.trainer.early_stopping import EarlyStopping, check_metric
 from shardrec.trainer.evaluate import evaluate
@@ -256,7 +257,21 @@ def _threads(cfg: Config) -> int:
     if cfg.train.num_threads:
         return cfg.train.num_threads
     # Processes on one node share its cores.
-    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, (os.cpu_count() or 1) // _local_world_size())
+
+
+def _local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def set_up_process(cfg: Config, env: DistEnv) -> None:
+    """torch's intra-op threads and, on CPU, the process's cores and allocator
+    (train.cpu_affinity, train.malloc_tuning)."""
+    threads = _threads(cfg)
+    torch.set_num_threads(threads)
+    if env.device.type == "cpu":
+        place_cpu_process(threads, cfg.train.cpu_affinity, cfg.train.malloc_tuning, env.local_rank,
+                          _local_world_size())
 
 
 def make_scorer(cfg: Config, schema: DatasetSchema, env: DistEnv, data: RetrievalData | None):
@@ -356,7 +371,7 @@ def _diverged(value: float, step: int, epoch: int, batch: int, reader, env: Dist
 
 
 def _run(cfg: Config, env: DistEnv) -> dict:
-    torch.set_num_threads(_threads(cfg))
+    set_up_process(cfg, env)
     resolve_batch_size(cfg, env.world_size)
     schema = load_schema(cfg.dataset.path)
     note = emulated_bf16_note(cfg.train.precision, env.device.type)
@@ -570,7 +585,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | None = None, split: str |
 
 
 def _evaluate_checkpoint(cfg: Config, env: DistEnv, checkpoint: str | None, split: str | None) -> dict:
-    torch.set_num_threads(_threads(cfg))
+    set_up_process(cfg, env)
     schema = load_schema(cfg.dataset.path)
     path = resolve_checkpoint(Path(cfg.run_dir), checkpoint)
     split = split or cfg.eval.split

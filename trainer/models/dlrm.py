@@ -41,34 +41,50 @@ FLAVORS = {
 
 
 class PairwiseDots(torch.autograd.Function):
-    """The dot product of every pair of distinct fields: (B, N, E) -> (B, N(N-1)/2), in
-    torch.triu_indices(N, N, offset=1) order (TorchRec's InteractionArch's).
+    """The dot product of every pair of distinct fields, the fields being `head` (B, E)
+    followed by the F fields of `rest` (B, F * E): (B, N(N-1)/2) with N = F + 1, in
+    torch.triu_indices(N, N, offset=1) order (TorchRec's InteractionArch's) of the
+    (B, N, E) fields x = [head, rest].
 
     Written by hand because autograd's version of `bmm(x, x^T)[:, rows, cols]` is slow on
     CPU (bench/profile_step.py, issue 13): the triangle's backward is an accumulating
     index_put and the bmm's backward two more bmms. Here Z = x x^T is symmetric, so
-    dL/dx = (G + G^T) x with G the pair gradients scattered into (B, N, N): one bmm, and a
-    non-accumulating scatter (the pairs are distinct). The triangle is taken with gather
-    over a broadcast index, 3-4x faster on CPU than index_select or advanced indexing."""
+    dL/dx = (G + G^T) x with G the pair gradients scattered into (B, N, N): one bmm, and
+    non-accumulating scatters (the pairs are distinct). The triangle is taken with gather
+    over a broadcast index, 3-4x faster on CPU than index_select or advanced indexing.
+    The two inputs are joined here rather than by a `torch.cat` before the call: the
+    gradient of a cat's second part is a strided slice, which TorchRec's pooled all-to-all
+    backward copies to make contiguous (5 ms of a 2-rank step, issue 13); this backward
+    writes `rest`'s gradient contiguous in its own bmm."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
+    def forward(ctx, head: torch.Tensor, rest: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
+        b, e = head.shape
+        x = torch.cat([head, rest], dim=1).view(b, -1, e)  # (B, N, E)
+        n = x.shape[1]
         index = flat_pairs.expand(b, -1)
         ctx.save_for_backward(x, index)
         ctx.mirrored = (flat_pairs % n) * n + flat_pairs // n  # (i, j) -> (j, i)
+        ctx.dtypes = head.dtype, rest.dtype
         return torch.gather(torch.bmm(x, x.transpose(1, 2)).view(b, n * n), 1, index)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         x, index = ctx.saved_tensors
         b, n, _ = x.shape
-        # G + G^T in one scatter: each pair's gradient goes to (i, j) and to (j, i).
-        both = torch.cat([index, ctx.mirrored.expand(b, -1)], dim=1)
-        g = grad.new_zeros(b, n * n).scatter_(1, both, grad.repeat(1, 2)).view(b, n, n)
+        # G + G^T: each pair's gradient goes to (i, j) and to (j, i). Two scatters over
+        # broadcast indices, not one over their concatenation: that would build a (B, 2P)
+        # index and repeat the gradient first (5x slower on CPU, bench/profile_step.py).
+        g = grad.new_zeros(b, n * n)
+        g.scatter_(1, index, grad)
+        g = g.scatter_(1, ctx.mirrored.expand(b, -1), grad).view(b, n, n)
         # Under autocast the forward's bmm ran in bf16 and `grad` is bf16: so does this one,
-        # as autocast's own backward would, and x's gradient goes back in x's dtype.
-        return torch.bmm(g, x.to(grad.dtype)).to(x.dtype), None
+        # as autocast's own backward would, and each input's gradient goes back in its dtype.
+        x = x.to(grad.dtype)
+        head_dtype, rest_dtype = ctx.dtypes
+        d_head = torch.bmm(g[:, :1], x).view(b, -1).to(head_dtype)
+        d_rest = torch.bmm(g[:, 1:], x).view(b, -1).to(rest_dtype)  # contiguous (B, F * E)
+        return d_head, d_rest, None
 
 
 @torch.fx.wrap
@@ -92,9 +108,15 @@ def pairs_in_key_order(pooled: KeyedTensor, names: list[str], canonical: torch.T
 
 
 @torch.fx.wrap
+def field_dots(head: torch.Tensor, rest: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
+    """PairwiseDots of [head (B, E), rest (B, F * E)] as one call in fx graphs (TorchRec's
+    train pipelines trace the model)."""
+    return PairwiseDots.apply(head, rest, flat_pairs)
+
+
 def pairwise_dots(x: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
-    """PairwiseDots as one call in fx graphs (TorchRec's train pipelines trace the model)."""
-    return PairwiseDots.apply(x, flat_pairs)
+    """PairwiseDots of the fields x (B, N, E)."""
+    return PairwiseDots.apply(x[:, 0], x[:, 1:].reshape(x.shape[0], -1), flat_pairs)
 
 
 class FastDLRM(DLRM):
@@ -121,9 +143,9 @@ class FastDLRM(DLRM):
         pooled = self.sparse_arch.embedding_bag_collection(sparse_features)  # KeyedTensor (B, F * E)
         pairs = pairs_in_key_order(pooled, self.sparse_arch.sparse_feature_names, self.flat_pairs,
                                    self._pairs_by_key_order)
-        fields = torch.cat([dense, pooled.values().to(dense.dtype)], dim=1)
-        fields = fields.view(dense.shape[0], -1, dense.shape[1])  # (B, F + 1, E), keys' order
-        dots = pairwise_dots(fields, pairs)  # (B, (F + 1) F / 2), canonical order
+        # The fields [dense, keys' order...] (B, F + 1, E) and their dots (B, (F + 1) F / 2),
+        # canonical order.
+        dots = field_dots(dense, pooled.values().to(dense.dtype), pairs)
         return self.over_arch(torch.cat([dense, dots], dim=1))
 
 
