@@ -15,7 +15,10 @@ no reader is timed), measured back to back in one process:
   shardrec step   `build_sharded_task` (what `shardrec train` builds) with its pipeline, for
                   the given --precision values.
 Each is timed --rounds times, interleaved (A B C A B C), and the best round is kept: the
-machine is shared and noisy, so only ratios within one run mean anything.
+machine is shared and noisy, so only ratios within one run mean anything. Then the shardrec
+step once more per precision (best of --rounds), in a process of its own set up as `shardrec
+train` sets its process up (trainer/cpu_placement.py: glibc's malloc thresholds, core
+binding); in this process those settings would reach the baselines too.
 --full also runs `shardrec train --config bench_dlrm` for --full-steps steps on synthetic data
 (made once with `shardrec synth --preset bench-dlrm` into --data) and reports its summary's
 samples_per_s and the rate from step 50 on (metrics.jsonl; the step alone is timed after
@@ -184,6 +187,36 @@ def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
         return summary
 
 
+def launch_ranks(n: int, comm: str, dense: str, steps: int, batch: int, rows: int,
+                 threads: int = 1) -> subprocess.Popen:
+    """`n` rank workers under torchrun (the shardrec step, `threads` threads a rank, in a
+    process set up as `shardrec train` sets it up: set_up_process); `comm` is
+    embeddings.comm_precision, optionally ":<sharding type>"."""
+    precision, _, sharding = comm.partition(":")
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+         str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
+         f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}", f"--threads={threads}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+
+
+def rate(*procs: subprocess.Popen) -> float:
+    """The summed samples/s the rank workers of `procs` report."""
+    total = 0.0
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(err[-3000:])
+        # Searched, not split by line: the ranks share torchrun's stdout, so one rank's line
+        # can land in the middle of the other's.
+        rates = re.findall(r"RANK_RATE (\d+\.\d+)", out)
+        if not rates:
+            raise SystemExit(f"no RANK_RATE line in the ranks' output:\n{out[-3000:]}")
+        total += sum(map(float, rates))
+    return total
+
+
 def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str = "bf16") -> dict[str, float]:
     """Summed samples/s of the shardrec step, 1 thread a rank, dense layers in `dense`
     precision (train.precision; configs/bench_dlrm.yaml's is bf16): {"1": one rank alone,
@@ -193,28 +226,8 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str
     also holds every table to that sharding type (default: the planner's choice, table-wise
     for these equal tables)."""
 
-    def launch(n: int, comm: str) -> subprocess.Popen:
-        precision, _, sharding = comm.partition(":")
-        return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-             str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
-             f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-    def rate(*procs: subprocess.Popen) -> float:
-        total = 0.0
-        for proc in procs:
-            out, err = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(err[-3000:])
-            # Searched, not split by line: the ranks share torchrun's stdout, so one rank's line
-            # can land in the middle of the other's.
-            rates = re.findall(r"RANK_RATE (\d+\.\d+)", out)
-            if not rates:
-                raise SystemExit(f"no RANK_RATE line in the ranks' output:\n{out[-3000:]}")
-            total += sum(map(float, rates))
-        return total
+    def launch(n: int, c: str) -> subprocess.Popen:
+        return launch_ranks(n, c, dense, steps, batch, rows)
 
     out = {"1": rate(launch(1, "fp32")), "1+1": rate(launch(1, "fp32"), launch(1, "fp32"))}
     for precision in comm:
@@ -222,14 +235,17 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str
     return out
 
 
+def set_up_name(precision: str) -> str:
+    return f"shardrec step ({precision}), own process set up as `shardrec train`"
+
+
 def rank_worker(args) -> None:
     """Under torchrun: time this rank's shardrec step, print `RANK_RATE <samples/s>`."""
-    torch.set_num_threads(1)
     env = init_distributed()
     try:
         schema = bench_schema(args.rows)
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
-        overrides = ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}",
+        overrides = [f"--train.num_threads={args.threads}", f"--embeddings.comm_precision={args.comm_precision}",
                      f"--train.precision={args.precision}"]
         if args.sharding:
             overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
@@ -284,6 +300,13 @@ def main() -> None:
                 best[name] = max(best[name], timed(step, args.steps, args.batch, args.warmup))
     finally:
         shutdown(env)
+    for precision in precisions:
+        # The same step in a process of its own that `set_up_process` has set up as
+        # `shardrec train` does (cores, glibc malloc thresholds): those settings are
+        # process-wide, so they would also reach the baselines if applied here.
+        best[set_up_name(precision)] = max(
+            rate(launch_ranks(1, "fp32", precision, args.steps, args.batch, args.rows, args.threads))
+            for _ in range(args.rounds))
     if args.full:
         for precision in precisions:
             summary = full_train(args.data, args.full_steps, args.threads, [f"--train.precision={precision}"])
@@ -298,7 +321,7 @@ def main() -> None:
         print(f"| {name} | {sps:,.0f} | {sps / base:.2f}x |")
     if args.full:
         for precision in precisions:
-            step = best[f"shardrec step ({precision})"]
+            step = best[set_up_name(precision)]
             full = best[f"shardrec train, whole path ({precision}), after step 50"]
             print(f"whole path after step 50 / step alone ({precision}): {full / step:.2f}")
     if args.quality:

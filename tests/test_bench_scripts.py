@@ -32,7 +32,8 @@ def test_gpu_dlrm_dcn_benchmark_runs_on_cpu():
 
 def test_train_benchmark_prints_every_row_with_a_ratio():
     out = run("bench_train.py", "--steps", "1", "--warmup", "1", "--rounds", "1", "--rows", "500", "--batch", "256")
-    for name in ("plain PyTorch", "TorchRec stock recipe", "shardrec step (fp32)"):
+    for name in ("plain PyTorch", "TorchRec stock recipe", "shardrec step (fp32)",
+                 "shardrec step (fp32), own process set up as `shardrec train`"):
         assert re.search(rf"^\| {re.escape(name)}.* \| [\d,]+ \| \d+\.\d\dx \|$", out, re.M), (name, out)
 
 
