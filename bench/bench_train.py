@@ -27,7 +27,7 @@ warm-up steps too): the whole path (reader, pipeline, metrics) against the step 
 each other --precision and prints the test AUCs (the synthetic teacher data; same samples).
 --ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
 same per-rank batch, the 2 ranks once per --comm-precision (embeddings.comm_precision): the
-scaling of the sum of both ranks' samples/s.
+scaling of the sum of both ranks' samples/s; --rounds rounds of it, medians reported.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -217,22 +218,32 @@ def rate(*procs: subprocess.Popen) -> float:
     return total
 
 
-def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str = "bf16") -> dict[str, float]:
+def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str = "bf16",
+                  rounds: int = 1) -> dict[str, float]:
     """Summed samples/s of the shardrec step, 1 thread a rank, dense layers in `dense`
     precision (train.precision; configs/bench_dlrm.yaml's is bf16): {"1": one rank alone,
     "1+1": two independent one-rank jobs at once (the machine's ceiling for 2 ranks: no
     communication, only the cores and memory they share), "2 <comm>": 2 ranks with
     embeddings.comm_precision <comm>, for each of `comm`}. A `comm` entry "bf16:row_wise"
     also holds every table to that sharding type (default: the planner's choice, table-wise
-    for these equal tables)."""
+    for these equal tables). With `rounds` > 1 each figure is the median of that many
+    rounds, run one after the other (1, 1+1, 2 ...; 1, 1+1, 2 ...); "ratios <comm>" then
+    lists each round's 2-rank / 1-rank ratio (the VM's speed drifts between rounds)."""
 
     def launch(n: int, c: str) -> subprocess.Popen:
         return launch_ranks(n, c, dense, steps, batch, rows)
 
-    out = {"1": rate(launch(1, "fp32")), "1+1": rate(launch(1, "fp32"), launch(1, "fp32"))}
-    for precision in comm:
-        out[f"2 {precision}"] = rate(launch(2, precision))
-    return out
+    runs = []
+    for _ in range(rounds):
+        out = {"1": rate(launch(1, "fp32")), "1+1": rate(launch(1, "fp32"), launch(1, "fp32"))}
+        for precision in comm:
+            out[f"2 {precision}"] = rate(launch(2, precision))
+        runs.append(out)
+    result: dict = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    if rounds > 1:
+        for precision in comm:
+            result[f"ratios {precision}"] = [round(r[f"2 {precision}"] / r["1"], 2) for r in runs]
+    return result
 
 
 def set_up_name(precision: str) -> str:
@@ -335,7 +346,13 @@ def main() -> None:
                 print(f"  {p} - fp32: {r['auc'] - runs['fp32']['auc']:+.4f}")
     if args.ranks:
         # The dense layers in the last --precision given (bf16 in `make bench`), as before.
-        rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","), precisions[-1])
+        rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","), precisions[-1],
+                              args.rounds)
+        ratios = {k: rates.pop(k) for k in list(rates) if k.startswith("ratios ")}
+        if args.rounds > 1:
+            print(f"(2 ranks: medians of {args.rounds} rounds; 2-rank / 1-rank ratio by round: "
+                  + "; ".join(f"comm {k.split()[1]} {', '.join(f'{x:.2f}x' for x in v)}" for k, v in ratios.items())
+                  + ")")
         one = rates.pop("1")
         print(f"| shardrec step, 1 rank x 1 thread | {one:,.0f} | |")
         both = rates.pop("1+1")
