@@ -219,7 +219,7 @@ def rate(*procs: subprocess.Popen) -> float:
 
 
 def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str = "bf16",
-                  rounds: int = 1) -> dict[str, float]:
+                  rounds: int = 1) -> dict[str, float | list[float]]:
     """Summed samples/s of the shardrec step, 1 thread a rank, dense layers in `dense`
     precision (train.precision; configs/bench_dlrm.yaml's is bf16): {"1": one rank alone,
     "1+1": two independent one-rank jobs at once (the machine's ceiling for 2 ranks: no
@@ -239,7 +239,7 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str
         for precision in comm:
             out[f"2 {precision}"] = rate(launch(2, precision))
         runs.append(out)
-    result: dict = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    result: dict[str, float | list[float]] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     if rounds > 1:
         for precision in comm:
             result[f"ratios {precision}"] = [round(r[f"2 {precision}"] / r["1"], 2) for r in runs]
