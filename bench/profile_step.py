@@ -61,13 +61,12 @@ def main() -> None:
     p.add_argument("--shapes", default="", help="also list these operators' calls by input shapes (comma-separated)")
     args = p.parse_args()
     quiet_libraries()
-    torch.set_num_threads(args.threads)
     schema = bench_schema(args.rows)
     batches = make_batches(args.warmup + args.steps, args.batch, args.rows, len(schema.sparse))
-    cfg = shardrec_config(args.batch, args.dim, [f"--train.precision={args.precision}", *(f"--{o}" for o in args.set)])
+    cfg = shardrec_config(args.batch, args.dim, [f"--train.precision={args.precision}", f"--train.num_threads={args.threads}",
+                                                 *(f"--{o}" for o in args.set)])
     env = init_distributed()
     try:
-        cfg.train.num_threads = args.threads
         set_up_process(cfg, env)  # as `shardrec train`: threads, cores, allocator
         model, optimizer = build_sharded_task(schema, cfg, env)
         label_modules(model.module.model if hasattr(model, "module") else model, depth=1)

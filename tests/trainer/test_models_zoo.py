@@ -323,13 +323,21 @@ def test_fast_dlrm_matches_torchrec_dlrm_in_outputs_and_gradients(movielens_sche
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def pairwise_dots(x: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
+    """dlrm.field_dots of the fields x (B, N, E): head x[:, 0], rest the others side by side."""
+    return dlrm.field_dots(x[:, 0], x[:, 1:].reshape(x.shape[0], -1), flat_pairs)
+
+
 def test_pairwise_dots_backward_is_the_gradient_of_its_forward():
     x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
     rows, cols = torch.triu_indices(5, 5, offset=1)
     flat = rows * 5 + cols
     expected = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
-    torch.testing.assert_close(dlrm.pairwise_dots(x, flat), expected)
-    assert torch.autograd.gradcheck(lambda t: dlrm.pairwise_dots(t, flat), (x,))
+    torch.testing.assert_close(pairwise_dots(x, flat), expected)
+    assert torch.autograd.gradcheck(lambda t: pairwise_dots(t, flat), (x,))
+    # Both inputs' gradients, as the model passes them (head and rest apart).
+    head, rest = x[:, 0].detach().clone().requires_grad_(), x[:, 1:].reshape(3, -1).detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda h, r: dlrm.field_dots(h, r, flat), (head, rest))
 
 
 def test_pairwise_dots_of_fields_in_shard_order_are_the_canonical_ones():
@@ -343,13 +351,13 @@ def test_pairwise_dots_of_fields_in_shard_order_are_the_canonical_ones():
     n = len(names) + 1
     rows, cols_ = torch.triu_indices(n, n, offset=1)
     canonical = rows * n + cols_
-    expected = dlrm.pairwise_dots(torch.stack([dense, *(cols[k] for k in names)], dim=1), canonical)
+    expected = pairwise_dots(torch.stack([dense, *(cols[k] for k in names)], dim=1), canonical)
     shuffled = ["c", "a", "d", "b"]
     kt = KeyedTensor(keys=shuffled, length_per_key=[e] * 4, values=torch.cat([cols[k] for k in shuffled], dim=1))
     cache = {}
     pairs = dlrm.pairs_in_key_order(kt, names, canonical, cache)
     fields = torch.cat([dense, kt.values()], dim=1).view(b, n, e)
-    torch.testing.assert_close(dlrm.pairwise_dots(fields, pairs), expected)
+    torch.testing.assert_close(pairwise_dots(fields, pairs), expected)
     assert tuple(shuffled) in cache
     in_order = KeyedTensor(keys=names, length_per_key=[e] * 4, values=torch.cat([cols[k] for k in names], dim=1))
     assert dlrm.pairs_in_key_order(in_order, names, canonical, cache) is canonical

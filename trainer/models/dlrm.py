@@ -114,11 +114,6 @@ def field_dots(head: torch.Tensor, rest: torch.Tensor, flat_pairs: torch.Tensor)
     return PairwiseDots.apply(head, rest, flat_pairs)
 
 
-def pairwise_dots(x: torch.Tensor, flat_pairs: torch.Tensor) -> torch.Tensor:
-    """PairwiseDots of the fields x (B, N, E)."""
-    return PairwiseDots.apply(x[:, 0], x[:, 1:].reshape(x.shape[0], -1), flat_pairs)
-
-
 class FastDLRM(DLRM):
     """TorchRec's DLRM (same modules, parameters and outputs) with a leaner forward:
     the pooled embeddings are used as (B, F, E) straight from the KeyedTensor's values, in
