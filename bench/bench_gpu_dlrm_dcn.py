@@ -1,7 +1,8 @@
 """GPU training throughput of the MLPerf DLRM-DCNv2 flavor, against its memory-bandwidth ceiling.
 
     python bench/bench_gpu_dlrm_dcn.py [--cap 10000000] [--batch 8192] [--steps 50]
-                                       [--dtypes fp32,fp16] [--device cuda]
+                                       [--dtypes fp32,fp16] [--precisions fp32,bf16]
+                                       [--profile] [--device cuda]
 
 The model is shardrec's `dlrm_dcn` / `mlperf` flavor (TorchRec's DLRM_DCN: 26 tables x 128,
 bottom MLP 512-256-128, 3 low-rank cross layers, top MLP 1024-1024-512-256-1) over the MLPerf
@@ -9,7 +10,10 @@ Criteo 1TB table sizes, each capped at --cap rows so that the tables fit one GPU
 reference's multi-hot bag sizes (214 ids per sample). It is built and sharded as `shardrec
 train` does (`build_sharded_task`: planner, DMP, FBGEMM fused row-wise Adagrad) and driven by
 TrainPipelineSparseDist over pre-built random batches on the device, once per table dtype
-(`embeddings.weights_dtype`).
+(`embeddings.weights_dtype`) and dense precision (`train.precision`: fp32, or bf16 autocast as
+MLPerf's submissions run the dense layers in reduced precision). `--profile` adds, for the
+last combination, the operators and ranges with the most device time over 10 steps
+(torch.profiler).
 
 The ceiling: the bytes one sample moves through the tables' memory at the least (per table
 with bag size h, dim E and w bytes per weight: forward reads h rows, h*E*w; the fused
@@ -27,6 +31,7 @@ suite does to keep the script working on machines without a GPU.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import time
 import warnings
@@ -89,10 +94,14 @@ def copy_bandwidth(device: torch.device, size: int = 1 << 30) -> float:
     return 2 * size / best
 
 
-def run_dtype(schema: DatasetSchema, dtype: str, batch: int, steps: int, warmup: int, env) -> float:
+def run_dtype(schema: DatasetSchema, dtype: str, precision: str, batch: int, steps: int, warmup: int, env,
+              profile: bool = False) -> tuple[float, float]:
+    """(samples/s, peak device memory in GiB) of `steps` timed training steps."""
     cfg = load_config(None, ["--model.name=dlrm_dcn", "--model.flavor=mlperf", f"--train.batch_size={batch}",
                              f"--embeddings.weights_dtype={dtype}", "--optimizer.name=adagrad",
-                             "--embeddings.optimizer=rowwise_adagrad"])
+                             "--embeddings.optimizer=rowwise_adagrad", f"--train.precision={precision}"])
+    if env.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(env.device)
     model, optimizer = build_sharded_task(schema, cfg, env)
     pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
     batches = make_batches(schema, 4, batch, env.device)
@@ -107,10 +116,28 @@ def run_dtype(schema: DatasetSchema, dtype: str, batch: int, steps: int, warmup:
     if env.device.type == "cuda":
         torch.cuda.synchronize()
     rate = steps * batch / (time.perf_counter() - t)
+    if profile:
+        print_top_kernels(pipeline, it, env.device)
+    peak = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else 0.0
     del pipeline, model, optimizer
+    gc.collect()  # sharded modules hold cycles: free this model before the next one is measured
     if env.device.type == "cuda":
         torch.cuda.empty_cache()
-    return rate
+    return rate, peak
+
+
+def print_top_kernels(pipeline: TrainPipelineSparseDist, it, device: torch.device, steps: int = 10) -> None:
+    """The 15 operators with the most device (or, on a CPU, self CPU) time over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            pipeline.progress(it)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--dtypes", default="fp32,fp16")
+    p.add_argument("--dtypes", default="fp32,fp16", help="table weight dtypes")
+    p.add_argument("--precisions", default="fp32,bf16", help="dense-layer precisions (train.precision)")
+    p.add_argument("--profile", action="store_true", help="print the top kernels of the last combination")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = p.parse_args(argv)
     quiet_libraries()
@@ -136,13 +165,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"DLRM-DCNv2 (mlperf flavor) on {name}: {rows:,} table rows (cap {args.cap:,}) x {dim}, "
               f"batch {args.batch}, {sum(MLPERF_MULTI_HOT_SIZES)} ids per sample; copy bandwidth "
               f"{bandwidth / 1e9:,.0f} GB/s (read + write)")
-        print("| tables | samples/s | bytes/sample (tables) | ceiling samples/s | share of ceiling |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-        for dtype in args.dtypes.split(","):
-            rate = run_dtype(schema, dtype, args.batch, args.steps, args.warmup, env)
+        print("| tables | dense | samples/s | peak memory GiB | bytes/sample (tables) | ceiling samples/s "
+              "| share of ceiling |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
+        combos = list(itertools.product(args.dtypes.split(","), args.precisions.split(",")))
+        for i, (dtype, precision) in enumerate(combos):
+            last = args.profile and i == len(combos) - 1
+            rate, peak = run_dtype(schema, dtype, precision, args.batch, args.steps, args.warmup, env, last)
             need = bytes_per_sample(dim, BYTES[dtype])
             ceiling = bandwidth / need
-            print(f"| {dtype} | {rate:,.0f} | {need:,} | {ceiling:,.0f} | {rate / ceiling:.1%} |", flush=True)
+            print(f"| {dtype} | {precision} | {rate:,.0f} | {peak:,.1f} | {need:,} | {ceiling:,.0f} "
+                  f"| {rate / ceiling:.1%} |", flush=True)
     finally:
         shutdown(env)
 

@@ -23,11 +23,13 @@ def run(script: str, *args: str) -> str:
 
 def test_gpu_dlrm_dcn_benchmark_runs_on_cpu():
     out = run("bench_gpu_dlrm_dcn.py", "--device", "cpu", "--cap", "500", "--batch", "32", "--steps", "1",
-              "--warmup", "1", "--dtypes", "fp32")
-    row = re.search(r"^\| fp32 \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+)% \|$", out, re.M)
+              "--warmup", "1", "--dtypes", "fp32", "--precisions", "fp32", "--profile")
+    row = re.search(r"^\| fp32 \| fp32 \| ([\d,]+) \| ([\d.]+) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+)% \|$",
+                    out, re.M)
     assert row, out
     # 214 ids x (3 x 128 x 4 + 8) bytes + 26 x 2 x 128 x 4: the formula of the docstring.
-    assert int(row.group(2).replace(",", "")) == 214 * (3 * 128 * 4 + 8) + 26 * 2 * 128 * 4
+    assert int(row.group(3).replace(",", "")) == 214 * (3 * 128 * 4 + 8) + 26 * 2 * 128 * 4
+    assert "Self CPU" in out  # --profile's operator table
 
 
 def test_train_benchmark_prints_every_row_with_a_ratio():

@@ -25,12 +25,19 @@ def make_optimizer(model: DistributedModelParallel, cfg: OptimizerConfig) -> Com
     if not dense_params:  # e.g. matrix factorisation: every parameter is a table
         return DenseAndFusedOptimizer([model.fused_optimizer])
     cls = DENSE_OPTIMIZERS[cfg.name]
-    # fused=True: one kernel over all parameters instead of torch's foreach ops (a few % of
-    # a DLRM step on CPU, bench/bench_train.py); CPU and CUDA both have it for these three.
+    fused = fused_available(cls, next(iter(dense_params.values())).device.type)
     dense = KeyedOptimizerWrapper(
-        dense_params, lambda params: cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        dense_params, lambda params: cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     )
     return DenseAndFusedOptimizer([model.fused_optimizer, dense])
+
+
+def fused_available(cls: type[torch.optim.Optimizer], device_type: str) -> bool:
+    """Whether torch has a fused kernel for `cls` on `device_type`. Fused: one kernel over all
+    parameters instead of foreach ops (a few % of a DLRM step on CPU, bench/bench_train.py).
+    CPU has it for SGD, Adagrad and Adam; CUDA for SGD and Adam, and refuses a fused Adagrad
+    at its first step (seen with torch 2.11 on an H200), so Adagrad there keeps foreach."""
+    return device_type == "cpu" or (device_type == "cuda" and cls is not torch.optim.Adagrad)
 
 
 class DenseAndFusedOptimizer(CombinedOptimizer):
