@@ -103,6 +103,7 @@ def launch(cfg: Config) -> dict:
     import ray
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from shardrec.trainer.distributed import process_group_backend
     from shardrec.trainer.run_dir import RunDir, default_run_dir
 
     _check_paths(cfg)
@@ -127,7 +128,7 @@ def launch(cfg: Config) -> dict:
     trainer = TorchTrainer(
         _worker,
         train_loop_config=dataclasses.asdict(cfg),
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
+        torch_config=TorchConfig(backend=process_group_backend(cfg.ray.use_gpu),
                                  timeout_s=int(cfg.train.pg_timeout_minutes * 60)),
         scaling_config=scaling,
         run_config=RunConfig(name=Path(cfg.run_dir).name, storage_path=str(Path(cfg.run_dir).parent / "ray"),

@@ -44,6 +44,13 @@ def _torchrun_store(timeout: timedelta) -> dist.Store | None:
     return dist.PrefixStore(f"shardrec/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+def process_group_backend(use_cuda: bool) -> str:
+    """NCCL for CUDA tensors and, on GPUs too, gloo for CPU ones: the evaluation and
+    divergence checks all-reduce small CPU tensors, which an NCCL-only group refuses (seen on
+    an H200: next-item evaluation failed with a device mismatch before this)."""
+    return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+
+
 def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
     """Join or make the process group; collectives fail after `timeout_minutes`."""
     use_cuda = torch.cuda.is_available()
@@ -52,7 +59,7 @@ def init_distributed(timeout_minutes: float = 10.0) -> DistEnv:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    backend = "nccl" if use_cuda else "gloo"
+    backend = process_group_backend(use_cuda)
     owns = False
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:

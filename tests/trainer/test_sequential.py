@@ -167,3 +167,20 @@ def test_next_item_ranks_count_what_scores_above_the_item_outside_the_history():
         assert int(sampled[r]) == int((s[r, cand[r]] > t).sum())
         others = [i for i in range(items) if i not in set(histories[r]) and i != targets[r]]
         assert int(full[r]) == int((s[r, others] > t).sum()), r
+
+
+def test_next_item_ranks_count_and_come_back_on_the_cpu():
+    """scores may live on a GPU while targets, candidates and history come from the CPU reader:
+    the ranks match a plain count and are CPU tensors (here all on the CPU; the H200 run in
+    docs/benchmarks.md exercised the mixed case)."""
+    import torch
+    from shardrec.trainer.next_item_eval import next_item_ranks
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.8, 0.2, 0.7, 0.6]])
+    hist = JaggedTensor(values=torch.tensor([1, 0]), lengths=torch.tensor([1, 1], dtype=torch.int32))
+    sampled, full = next_item_ranks(scores.clone(), torch.tensor([2, 2]), hist, torch.tensor([[0, 1], [1, 3]]))
+    # row 0: target 0.5; candidates 0.1, 0.9 -> 1 above; catalogue less item 1 -> none above.
+    # row 1: target 0.7; candidates 0.2, 0.6 -> 0 above; catalogue less item 0 -> none above.
+    assert sampled.tolist() == [1, 0] and full.tolist() == [0, 0]
+    assert sampled.device.type == full.device.type == "cpu"
