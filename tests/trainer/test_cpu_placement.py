@@ -83,9 +83,13 @@ def test_malloc_tuning_stops_the_training_step_from_page_faulting_its_buffers():
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         faults[tuned] = float(proc.stdout.strip().splitlines()[-1])
-    # Measured: about 5,000 page faults a step untuned, under 100 tuned.
-    assert faults["false"] > 1000, faults
-    assert faults["true"] < faults["false"] / 10, faults
+    # Measured: about 5,000 page faults a step untuned, under 100 tuned (a step's buffers are
+    # about 30 MB, 7,500 pages). Untuned, glibc's own dynamic threshold sometimes rises early
+    # enough to keep them too (195 a step once, in a full suite run on another VM), so the
+    # untuned count bounds the comparison only when it shows the faulting.
+    assert faults["true"] < 1000, faults
+    if faults["false"] > 1000:
+        assert faults["true"] < faults["false"] / 10, faults
 
 
 @linux_only
