@@ -71,10 +71,12 @@ def test_malloc_tuning_stops_the_training_step_from_page_faulting_its_buffers():
                                  "--train.malloc_tuning=" + sys.argv[1]], set_up=True)
         for _ in range(3):
             step()
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
+        faults = []
+        for _ in range(10):
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step()
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+        print(sorted(faults)[len(faults) // 2])
         shutdown(env)
     """
     faults = {}
@@ -83,11 +85,12 @@ def test_malloc_tuning_stops_the_training_step_from_page_faulting_its_buffers():
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         faults[tuned] = float(proc.stdout.strip().splitlines()[-1])
-    # Measured: about 5,000 page faults a step untuned, under 100 tuned (a step's buffers are
-    # about 30 MB, 7,500 pages). Untuned, glibc's own dynamic threshold sometimes rises early
-    # enough to keep them too (195 a step once, in a full suite run on another VM), so the
-    # untuned count bounds the comparison only when it shows the faulting.
-    assert faults["true"] < 1000, faults
+    # The median step's page faults. Measured: 1,200-3,300 untuned, 0-1 tuned (a step's
+    # buffers are about 30 MB, 7,500 pages). Single steps vary: glibc's dynamic threshold
+    # keeps the buffers for a few steps untuned, and a tuned step now and then faults in
+    # about 1,000 pages (a mean of 5 steps flaked in the suite), hence the median of 10.
+    # Untuned counts bound the comparison only when they show the faulting.
+    assert faults["true"] < 100, faults
     if faults["false"] > 1000:
         assert faults["true"] < faults["false"] / 10, faults
 
