@@ -117,7 +117,7 @@ def run_dtype(schema: DatasetSchema, dtype: str, precision: str, batch: int, ste
         torch.cuda.synchronize()
     rate = steps * batch / (time.perf_counter() - t)
     if profile:
-        print_top_kernels(pipeline, it, env.device)
+        print_top_operators(pipeline, it, env.device)
     peak = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else 0.0
     del pipeline, model, optimizer
     gc.collect()  # sharded modules hold cycles: free this model before the next one is measured
@@ -126,7 +126,7 @@ def run_dtype(schema: DatasetSchema, dtype: str, precision: str, batch: int, ste
     return rate, peak
 
 
-def print_top_kernels(pipeline: TrainPipelineSparseDist, it, device: torch.device, steps: int = 10) -> None:
+def print_top_operators(pipeline: TrainPipelineSparseDist, it, device: torch.device, steps: int = 10) -> None:
     """The 15 operators with the most device (or, on a CPU, self CPU) time over `steps` steps."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--dtypes", default="fp32,fp16", help="table weight dtypes")
     p.add_argument("--precisions", default="fp32,bf16", help="dense-layer precisions (train.precision)")
-    p.add_argument("--profile", action="store_true", help="print the top kernels of the last combination")
+    p.add_argument("--profile", action="store_true", help="print the top operators of the last combination")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = p.parse_args(argv)
     quiet_libraries()

@@ -46,8 +46,8 @@ def _torchrun_store(timeout: timedelta) -> dist.Store | None:
 
 def process_group_backend(use_cuda: bool) -> str:
     """NCCL for CUDA tensors and, on GPUs too, gloo for CPU ones: the evaluation and
-    divergence checks all-reduce small CPU tensors, which an NCCL-only group refuses (seen on
-    an H200: next-item evaluation failed with a device mismatch before this)."""
+    divergence checks all-reduce small CPU tensors, which an NCCL-only group has no backend
+    for. The H200 runs of docs/benchmarks.md ran with this group."""
     return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
 
 
