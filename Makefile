@@ -51,13 +51,15 @@ test-long: $(STAMP)
 
 # CPU training-speed benchmarks (about 4 minutes on 2 cores; results in docs/benchmarks.md):
 # shardrec's step against plain PyTorch and the stock TorchRec recipe, the whole `shardrec
-# train` path, fp32 against bf16 quality, and 2 ranks against 1.
+# train` path, fp32 against bf16 quality, and 2 ranks against 1; then FBGEMM's table backward
+# alone, per updated row (10 s).
 BENCH_DATA := data/bench_dlrm
 $(BENCH_DATA)/schema.json: | $(STAMP)
 	$(BIN)/shardrec synth --out $(BENCH_DATA) --rows 600000 --preset bench-dlrm --overwrite
 
 bench: $(STAMP) $(BENCH_DATA)/schema.json
 	$(BIN)/python bench/bench_train.py --precision fp32,bf16 --full --quality --ranks --data $(BENCH_DATA)
+	$(BIN)/python bench/bench_tbe_backward.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

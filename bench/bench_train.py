@@ -1,7 +1,8 @@
 """Training throughput of shardrec against plain PyTorch and the stock TorchRec recipe, in one run.
 
     .venv/bin/python bench/bench_train.py [--steps 30] [--rounds 2] [--threads 2] [--batch 2048]
-                                          [--rows 100000] [--dim 64] [--full] [--ranks]
+                                          [--rows 100000] [--dim 64] [--precision fp32,bf16]
+                                          [--tables fp32,fp16] [--full] [--quality] [--ranks]
 
 The shape of issue 13: DLRM (torchrec.models.dlrm.DLRM) with 26 tables x rows x dim, bottom
 MLP 512-256-dim, top MLP 512-256-1, batch 2,048, one process, pre-built synthetic batches (so
@@ -13,7 +14,8 @@ no reader is timed), measured back to back in one process:
                   applied in backward, EmbeddingShardingPlanner + DistributedModelParallel,
                   KeyedOptimizerWrapper(Adagrad) for the dense part, TrainPipelineSparseDist;
   shardrec step   `build_sharded_task` (what `shardrec train` builds) with its pipeline, for
-                  the given --precision values.
+                  each --precision value (train.precision: the dense layers) and --tables
+                  value (embeddings.weights_dtype: the tables' storage).
 Each is timed --rounds times, interleaved (A B C A B C), and the best round is kept: the
 machine is shared and noisy, so only ratios within one run mean anything. Then the shardrec
 step once more per precision (best of --rounds), in a process of its own set up as `shardrec
@@ -24,7 +26,8 @@ binding); in this process those settings would reach the baselines too.
 samples_per_s and the rate from step 50 on (metrics.jsonl; the step alone is timed after
 warm-up steps too): the whole path (reader, pipeline, metrics) against the step alone.
 --quality trains `shardrec train --config bench_dlrm` for --quality-steps steps in fp32 and in
-each other --precision and prints the test AUCs (the synthetic teacher data; same samples).
+each other variant (--precision x --tables) and prints the test AUCs (the synthetic teacher
+data; same samples).
 --ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
 same per-rank batch, the 2 ranks once per --comm-precision (embeddings.comm_precision): the
 scaling of the sum of both ranks' samples/s; --rounds rounds of it, medians reported.
@@ -189,15 +192,17 @@ def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
 
 
 def launch_ranks(n: int, comm: str, dense: str, steps: int, batch: int, rows: int,
-                 threads: int = 1) -> subprocess.Popen:
+                 threads: int = 1, tables: str = "fp32") -> subprocess.Popen:
     """`n` rank workers under torchrun (the shardrec step, `threads` threads a rank, in a
     process set up as `shardrec train` sets it up: set_up_process); `comm` is
-    embeddings.comm_precision, optionally ":<sharding type>"."""
+    embeddings.comm_precision, optionally ":<sharding type>"; `tables` is
+    embeddings.weights_dtype."""
     precision, _, sharding = comm.partition(":")
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
          str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
-         f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}", f"--threads={threads}"],
+         f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}", f"--threads={threads}",
+         f"--tables={tables}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
 
@@ -246,8 +251,17 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str
     return result
 
 
-def set_up_name(precision: str) -> str:
-    return f"shardrec step ({precision}), own process set up as `shardrec train`"
+def variant_name(precision: str, tables: str) -> str:
+    """'fp32' (dense layers in fp32, fp32 tables) or 'fp32, fp16 tables'."""
+    return precision if tables == "fp32" else f"{precision}, {tables} tables"
+
+
+def variant_overrides(precision: str, tables: str) -> list[str]:
+    return [f"--train.precision={precision}", f"--embeddings.weights_dtype={tables}"]
+
+
+def set_up_name(variant: str) -> str:
+    return f"shardrec step ({variant}), own process set up as `shardrec train`"
 
 
 def rank_worker(args) -> None:
@@ -257,7 +271,7 @@ def rank_worker(args) -> None:
         schema = bench_schema(args.rows)
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
         overrides = [f"--train.num_threads={args.threads}", f"--embeddings.comm_precision={args.comm_precision}",
-                     f"--train.precision={args.precision}"]
+                     *variant_overrides(args.precision, args.tables)]
         if args.sharding:
             overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
         step = shardrec_step(schema, batches, args.batch, env, overrides, set_up=True)
@@ -278,6 +292,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="fp32", help="comma-separated train.precision values for shardrec's step")
+    p.add_argument("--tables", default="fp32", help="comma-separated embeddings.weights_dtype values (fp32, "
+                   "fp16) for shardrec's step, each with every --precision")
     p.add_argument("--full", action="store_true", help="also time `shardrec train --config bench_dlrm`")
     p.add_argument("--data", type=Path, default=Path("/tmp/shardrec-bench-dlrm"))
     p.add_argument("--ranks", action="store_true", help="also time 2 ranks x 1 thread against 1 x 1")
@@ -296,33 +312,34 @@ def main() -> None:
         return rank_worker(args)
     torch.set_num_threads(args.threads)
     precisions = args.precision.split(",")
+    variants = {variant_name(p, t): (p, t) for p in precisions for t in args.tables.split(",")}
     schema = bench_schema(args.rows)
     batches = make_batches(8, args.batch, args.rows)
     env = init_distributed()
     try:
         steps = {"plain PyTorch (sparse EmbeddingBag + Adagrad)": plain_pytorch(schema, batches),
                  "TorchRec stock recipe (DMP, fused RowWiseAdagrad)": stock_torchrec(schema, batches, args.batch, env)}
-        for precision in precisions:
-            steps[f"shardrec step ({precision})"] = shardrec_step(
-                schema, batches, args.batch, env, [f"--train.precision={precision}"])
+        for name, (precision, tables) in variants.items():
+            steps[f"shardrec step ({name})"] = shardrec_step(
+                schema, batches, args.batch, env, variant_overrides(precision, tables))
         best = dict.fromkeys(steps, 0.0)
         for _ in range(args.rounds):
             for name, step in steps.items():
                 best[name] = max(best[name], timed(step, args.steps, args.batch, args.warmup))
     finally:
         shutdown(env)
-    for precision in precisions:
+    for name, (precision, tables) in variants.items():
         # The same step in a process of its own that `set_up_process` has set up as
         # `shardrec train` does (cores, glibc malloc thresholds): those settings are
         # process-wide, so they would also reach the baselines if applied here.
-        best[set_up_name(precision)] = max(
-            rate(launch_ranks(1, "fp32", precision, args.steps, args.batch, args.rows, args.threads))
+        best[set_up_name(name)] = max(
+            rate(launch_ranks(1, "fp32", precision, args.steps, args.batch, args.rows, args.threads, tables))
             for _ in range(args.rounds))
     if args.full:
-        for precision in precisions:
-            summary = full_train(args.data, args.full_steps, args.threads, [f"--train.precision={precision}"])
-            best[f"shardrec train, whole path ({precision}), summary.json"] = summary["samples_per_s"]
-            best[f"shardrec train, whole path ({precision}), after step 50"] = summary["steady_samples_per_s"]
+        for name, variant in variants.items():
+            summary = full_train(args.data, args.full_steps, args.threads, variant_overrides(*variant))
+            best[f"shardrec train, whole path ({name}), summary.json"] = summary["samples_per_s"]
+            best[f"shardrec train, whole path ({name}), after step 50"] = summary["steady_samples_per_s"]
     base = max(best["plain PyTorch (sparse EmbeddingBag + Adagrad)"],
                best["TorchRec stock recipe (DMP, fused RowWiseAdagrad)"])
     print(f"DLRM, {TABLES} tables x {args.rows:,} x {args.dim}, batch {args.batch}, {args.threads} threads, "
@@ -331,14 +348,15 @@ def main() -> None:
     for name, sps in best.items():
         print(f"| {name} | {sps:,.0f} | {sps / base:.2f}x |")
     if args.full:
-        for precision in precisions:
-            step = best[set_up_name(precision)]
-            full = best[f"shardrec train, whole path ({precision}), after step 50"]
-            print(f"whole path after step 50 / step alone ({precision}): {full / step:.2f}")
+        for name in variants:
+            step = best[set_up_name(name)]
+            full = best[f"shardrec train, whole path ({name}), after step 50"]
+            print(f"whole path after step 50 / step alone ({name}): {full / step:.2f}")
     if args.quality:
-        # Same data, same samples (--quality-steps x 2,048), the only difference the precision.
-        runs = {p: full_train(args.data, args.quality_steps, args.threads, [f"--train.precision={p}"])
-                for p in ("fp32", *[p for p in precisions if p != "fp32"])}
+        # Same data, same samples (--quality-steps x 2,048), the only difference the precision
+        # of the dense layers or of the tables.
+        runs = {p: full_train(args.data, args.quality_steps, args.threads, variant_overrides(*variants.get(p, (p, "fp32"))))
+                for p in ("fp32", *[p for p in variants if p != "fp32"])}
         print(f"quality after {args.quality_steps} steps ({args.quality_steps * args.batch:,} samples), test AUC "
               f"(teacher data): " + ", ".join(f"{p} {r['auc']:.4f}" for p, r in runs.items()))
         for p, r in runs.items():

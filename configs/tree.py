@@ -139,8 +139,10 @@ class EmbeddingsConfig:
     # "l2" adds weight_decay * w to its gradient before Adagrad's scaling (CUDA only: FBGEMM's
     # CPU kernels ignore weight decay, and shardrec applies the decoupled rule itself there).
     weight_decay_mode: Literal["decoupled", "l2"] = "decoupled"
-    # Storage type of the table weights: fp16 halves their memory (FBGEMM updates them with
-    # stochastic rounding); the optimizer state stays fp32.
+    # Storage type of the table weights: fp16 halves their memory (FBGEMM rounds the updates
+    # stochastically on GPU, to nearest on CPU); the optimizer state stays fp32. On CPU it also
+    # takes FBGEMM's generic update loop instead of its fp32 row-wise AdaGrad JIT kernel, which
+    # some Intel CPUs run slowly (docs/benchmarks.md, "FBGEMM's row-wise AdaGrad kernel").
     weights_dtype: Literal["fp32", "fp16"] = "fp32"
     # Precision of the embeddings and their gradients sent between ranks (the all-to-alls and
     # reduce-scatters of sharded tables): bf16 halves those bytes (embeddings/comm_codec.py).
