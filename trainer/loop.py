@@ -28,6 +28,7 @@ from shardrec.data_pipeline.negatives import NegativeSampler
 from shardrec.data_pipeline.reader import ShardReader
 from shardrec.data_pipeline.retrieval_reader import RetrievalReader
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
+from shardrec.embeddings.cpu_kernel_check import slow_rowwise_adagrad_note
 from shardrec.embeddings.sharding import describe_plan, resume_pins, shard_model
 from shardrec.embeddings.weight_decay import CpuDecoupledDecay
 from shardrec.trainer.checkpoint import (
@@ -377,6 +378,10 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     note = emulated_bf16_note(cfg.train.precision, env.device.type)
     if note:
         say(env, note)
+    if env.is_main:  # a probe of ~30 ms; only rank 0 speaks
+        note = slow_rowwise_adagrad_note(cfg.embeddings.optimizer, cfg.embeddings.weights_dtype, env.device.type)
+        if note:
+            say(env, note)
     # Everything that can be refused is checked before the run folder is touched.
     kind = family(cfg.model.name)
     check_metric(cfg.train.early_stopping, kind != "ranking", cfg.retrieval.ks, next_item=kind == "sequential")

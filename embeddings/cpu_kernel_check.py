@@ -1,0 +1,80 @@
+"""Does this CPU run FBGEMM's fp32 row-wise AdaGrad kernel slowly? A short probe and a note.
+
+FBGEMM updates fp32 tables with row-wise AdaGrad on the CPU through a JIT-generated kernel
+that mixes 256-bit AVX with legacy-SSE scalar instructions. Some CPUs charge a transition for
+every such instruction (the project's Intel VM: about 500 ns more per updated row, 44% of a
+DLRM step; docs/benchmarks.md, "Where the fp32 step goes on the Intel VM"), others nothing.
+fp16 tables take FBGEMM's generic compiled loop instead. No CPU flag tells the two kinds
+apart, so `slow_rowwise_adagrad_note` times both kernels on one small table batch (a few
+tens of ms, once per process) and names `embeddings.weights_dtype: fp16` when the fp32 kernel
+is clearly the slower one. It only advises: fp16 tables round every update, which the user
+should weigh on their own validation metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+import torch
+
+# fp32 / fp16 backward time above which the note is given: on the Intel VM the ratio was
+# 1.8-2.2 (bench/bench_tbe_backward.py); where the JIT kernel is fast it is below 1.
+SLOW_RATIO = 1.5
+
+
+def backward_ms(weights: str, tables: int = 4, rows: int = 4096, dim: int = 64, batch: int = 1024,
+                steps: int = 3) -> float:
+    """Best-of-`steps` ms of one FBGEMM CPU row-wise AdaGrad backward over `tables` tables of
+    rows x dim stored in `weights` (fp32 / fp16), batch x 1 uniform ids a table."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        EmbeddingLocation,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
+
+    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+        [(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)] * tables,
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+        weights_precision={"fp32": SparseType.FP32, "fp16": SparseType.FP16}[weights],
+        learning_rate=0.01, eps=1e-8)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, rows, (tables * batch,), generator=g)
+    offsets = torch.arange(tables * batch + 1)
+    grad = torch.ones(batch, tables * dim)
+    tbe(ids, offsets).backward(grad)  # generates the JIT kernels
+    best = float("inf")
+    for _ in range(steps):
+        out = tbe(ids, offsets)
+        start = time.perf_counter()
+        out.backward(grad)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+@functools.cache
+def fp32_over_fp16() -> float:
+    """The fp32 kernel's backward time over the fp16 tables' one on this CPU (cached). Run
+    with torch's global random state saved and restored: a run's model and data order must
+    not depend on whether rank 0 probed (FBGEMM 1.8 does not draw from it to initialise the
+    probe's tables; nothing promises that)."""
+    with torch.random.fork_rng(devices=[]):
+        return backward_ms("fp32") / backward_ms("fp16")
+
+
+def slow_rowwise_adagrad_note(optimizer: str, weights_dtype: str, device_type: str,
+                              ratio: Callable[[], float] | None = None) -> str | None:
+    """A note when fp32 tables train with row-wise AdaGrad on a CPU where FBGEMM's kernel for
+    them is at least SLOW_RATIO times slower than the fp16 tables' loop (`ratio`, default
+    the probe fp32_over_fp16); None otherwise, without probing when the configuration does
+    not use that kernel."""
+    if device_type != "cpu" or optimizer != "rowwise_adagrad" or weights_dtype != "fp32":
+        return None
+    r = (ratio or fp32_over_fp16)()
+    if r < SLOW_RATIO:
+        return None
+    return (f"note: this CPU runs FBGEMM's fp32 row-wise AdaGrad table update {r:.1f}x slower than its fp16-table "
+            "loop (a probe of both); --embeddings.weights_dtype=fp16 trains the tables faster here, rounding each "
+            "update to fp16 (check your validation metric; docs/troubleshooting.md)")
