@@ -60,7 +60,7 @@ def test_two_ranks_train_and_evaluate_over_all_rows(tiny_data, tmp_path):
     assert (run_dir / "checkpoints" / f"step_{summary['steps']}" / ".metadata").is_file()
     # The console has shardrec's lines only, the summary last; the libraries' warnings (every
     # rank's) are in the run folder's library.log.
-    ours = ("data ", "step ", "dlrm/", "logloss ", "run folder: ")
+    ours = ("note: ", "data ", "step ", "dlrm/", "logloss ", "run folder: ")
     workers = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert [line for line in workers if not line.startswith(ours)] == []
     assert proc.stdout.strip().splitlines()[-1] == f"run folder: {run_dir}"
