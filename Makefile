@@ -41,11 +41,13 @@ demo: $(STAMP) $(DEMO_DATA)/schema.json
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The tests marked `long` (a real Ray head and `ray job submit`), then the fault-injection
-# loops (minutes each; results in docs/reliability.md): a worker killed
+# The tests marked `long` (a real Ray head and `ray job submit`; the export check of the zoo's
+# models `make test` leaves out), the data fuzz at 200 corruptions instead of 32, then the
+# fault-injection loops (minutes each; results in docs/reliability.md): a worker killed
 # mid-run must come back with the weights of an uninterrupted run, every time.
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -q -m long tests
+	SHARDREC_FUZZ_CASES=200 $(BIN)/python -m pytest -q tests/test_fuzz_corruption.py
 	$(BIN)/python bench/fault_loop.py --launcher torchrun --runs 10
 	$(BIN)/python bench/fault_loop.py --launcher ray --runs 3
 

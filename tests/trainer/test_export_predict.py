@@ -55,8 +55,16 @@ def trained(tiny_data, tmp_path_factory):
 WIDE_TERMS = ["--model.first_order=true", "--model.cross_pairs=C1:C3,C9:C17"]
 
 
+# `make test` exports the models that between them use every kind of layer the zoo has (DLRM's
+# pairwise dots, DLRM-DCNv2's low-rank cross, FM's second order with a DNN, xDeepFM's CIN,
+# Wide&Deep's crosses, DCN's cross layers with a first-order term and crosses); `make
+# test-long` exports the rest too (dcnv2, dcn, lr, fm, dnn: about 6 s a model).
+IN_MAKE_TEST = {"dlrm", "dlrm_dcn", "deepfm", "xdeepfm", "wide_deep", "dcn+wide_terms"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*click_models(), "dcn+wide_terms"])
+@pytest.mark.parametrize("name", [name if name in IN_MAKE_TEST else pytest.param(name, marks=pytest.mark.long)
+                                  for name in [*click_models(), "dcn+wide_terms"]])
 def test_exported_model_scores_like_the_sharded_one(name, tiny_data, tmp_path):
     name, _, option = name.partition("+")
     cfg = load_config("tiny", [f"--dataset.path={tiny_data}", f"--run_dir={tmp_path / 'run'}",
