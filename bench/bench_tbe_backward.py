@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from shardrec.embeddings.cpu_kernel_check import cpu_table_batch
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,18 +44,7 @@ HERE = Path(__file__).resolve().parent
 def time_backward(optimizer: str, weights: str, tables: int, rows: int, dim: int, batch: int,
                   steps: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
     """(ms per backward, its forward's ms) of one FBGEMM CPU table batch, mean over `steps`."""
-    from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-        ComputeDevice,
-        EmbeddingLocation,
-        SplitTableBatchedEmbeddingBagsCodegen,
-    )
-
-    tbe = SplitTableBatchedEmbeddingBagsCodegen(
-        [(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)] * tables,
-        optimizer={"rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD}[optimizer],
-        weights_precision={"fp32": SparseType.FP32, "fp16": SparseType.FP16}[weights],
-        learning_rate=0.01, eps=1e-8)
+    tbe = cpu_table_batch(optimizer, weights, tables, rows, dim)
     grad = torch.ones(batch, tables * dim)
     for i in range(3):  # warm-up: the JIT kernels are generated on first use
         tbe(*batches[i % len(batches)]).backward(grad)

@@ -24,10 +24,11 @@ import torch
 SLOW_RATIO = 1.5
 
 
-def backward_ms(weights: str, tables: int = 4, rows: int = 4096, dim: int = 64, batch: int = 1024,
-                steps: int = 3) -> float:
-    """Best-of-`steps` ms of one FBGEMM CPU row-wise AdaGrad backward over `tables` tables of
-    rows x dim stored in `weights` (fp32 / fp16), batch x 1 uniform ids a table."""
+def cpu_table_batch(optimizer: str, weights: str, tables: int, rows: int, dim: int) -> torch.nn.Module:
+    """FBGEMM's CPU table batch (the module TorchRec's fused CPU kernel wraps): `tables` tables
+    of rows x dim stored in `weights` (fp32 / fp16), updated in backward by `optimizer`
+    (rowwise_adagrad, the exact variant, or sgd). Called as module(ids, offsets) ->
+    pooled (B, tables * dim)."""
     from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
         ComputeDevice,
@@ -35,11 +36,18 @@ def backward_ms(weights: str, tables: int = 4, rows: int = 4096, dim: int = 64, 
         SplitTableBatchedEmbeddingBagsCodegen,
     )
 
-    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+    return SplitTableBatchedEmbeddingBagsCodegen(
         [(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)] * tables,
-        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+        optimizer={"rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD}[optimizer],
         weights_precision={"fp32": SparseType.FP32, "fp16": SparseType.FP16}[weights],
         learning_rate=0.01, eps=1e-8)
+
+
+def backward_ms(weights: str, tables: int = 4, rows: int = 4096, dim: int = 64, batch: int = 1024,
+                steps: int = 3) -> float:
+    """Best-of-`steps` ms of one FBGEMM CPU row-wise AdaGrad backward over `tables` tables of
+    rows x dim stored in `weights` (fp32 / fp16), batch x 1 uniform ids a table."""
+    tbe = cpu_table_batch("rowwise_adagrad", weights, tables, rows, dim)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, rows, (tables * batch,), generator=g)
     offsets = torch.arange(tables * batch + 1)
