@@ -1,4 +1,5 @@
-"""FBGEMM's CPU table backward (gradient + fused optimizer) on this machine, per updated row.
+"""FBGEMM's CPU table backward (gradient + fused optimizer) on this machine, per updated row,
+and shardrec's ATen replacement for its row-wise AdaGrad.
 
     .venv/bin/python bench/bench_tbe_backward.py [--tables 26] [--rows 100000] [--dim 64]
                                                  [--batch 2048] [--threads 1] [--steps 20]
@@ -8,13 +9,16 @@ Why this exists: on the project's Intel VM the step of issue 13's DLRM spends ab
 the AMD VM spent about 10. This script times that kernel alone, one table batch the shape of
 issue 13's (26 tables x 100,000 x 64, batch 2,048, one id per table and row, uniform ids),
 with FBGEMM's `SplitTableBatchedEmbeddingBagsCodegen` on the CPU, for:
-  rowwise_adagrad fp32   EXACT_ROWWISE_ADAGRAD, fp32 tables: the kernel shardrec (and
-                         TorchRec's recipe) use; FBGEMM runs its JIT-generated (asmjit)
-                         row-wise AdaGrad kernel here;
+  rowwise_adagrad fp32   EXACT_ROWWISE_ADAGRAD, fp32 tables: the kernel TorchRec's recipe
+                         uses (and shardrec with `embeddings.cpu_update: fbgemm`); FBGEMM
+                         runs its JIT-generated (asmjit) row-wise AdaGrad kernel here;
   rowwise_adagrad fp16   the same optimizer, fp16 tables (`embeddings.weights_dtype: fp16`):
                          FBGEMM takes its generic compiled loop instead of the JIT kernel;
   sgd fp32               EXACT_SGD, fp32 tables: the generic loop with no optimizer state,
-                         the floor for a backward that reads and writes every row.
+                         the floor for a backward that reads and writes every row;
+  rowwise_adagrad fp32   the same table batch with shardrec's ATen row-wise AdaGrad update
+    (aten)               in its backward (embeddings/cpu_rowwise_adagrad.py,
+                         `embeddings.cpu_update: aten`, the default), forward unchanged.
 It prints ms per step, ns per updated (unique) row and the speed against rowwise_adagrad
 fp32, measured interleaved in one run (best of --rounds).
 
@@ -37,14 +41,18 @@ from pathlib import Path
 
 import torch
 from shardrec.embeddings.cpu_kernel_check import cpu_table_batch
+from shardrec.embeddings.cpu_rowwise_adagrad import switch
 
 HERE = Path(__file__).resolve().parent
 
 
-def time_backward(optimizer: str, weights: str, tables: int, rows: int, dim: int, batch: int,
+def time_backward(optimizer: str, weights: str, update: str, tables: int, rows: int, dim: int, batch: int,
                   steps: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-    """(ms per backward, its forward's ms) of one FBGEMM CPU table batch, mean over `steps`."""
+    """(ms per backward, its forward's ms) of one FBGEMM CPU table batch, mean over `steps`;
+    `update` "aten": its backward is shardrec's ATen row-wise AdaGrad update instead."""
     tbe = cpu_table_batch(optimizer, weights, tables, rows, dim)
+    if update == "aten":
+        assert switch(tbe)
     grad = torch.ones(batch, tables * dim)
     for i in range(3):  # warm-up: the JIT kernels are generated on first use
         tbe(*batches[i % len(batches)]).backward(grad)
@@ -88,8 +96,9 @@ def main() -> None:
     # Rows each step updates: the distinct ids per table, averaged over the batches.
     unique = sum(len(torch.unique(ids.view(args.tables, args.batch)[t])) for ids, _ in batches
                  for t in range(args.tables)) / len(batches)
-    runs = [("rowwise_adagrad", "fp32"), ("rowwise_adagrad", "fp16"), ("sgd", "fp32")]
-    best: dict[tuple[str, str], tuple[float, float]] = {}
+    runs = [("rowwise_adagrad", "fp32", "fbgemm"), ("rowwise_adagrad", "fp16", "fbgemm"), ("sgd", "fp32", "fbgemm"),
+            ("rowwise_adagrad", "fp32", "aten")]
+    best: dict[tuple[str, str, str], tuple[float, float]] = {}
     for _ in range(args.rounds):  # interleaved; the faster round of each kept
         for run in runs:
             t = time_backward(*run, args.tables, args.rows, args.dim, args.batch, args.steps, batches)
@@ -97,11 +106,12 @@ def main() -> None:
     print(f"FBGEMM CPU table batch: {args.tables} tables x {args.rows:,} x {args.dim}, batch {args.batch}, "
           f"{args.threads} thread(s), {unique:,.0f} rows updated a step; best of {args.rounds} rounds of "
           f"{args.steps} steps")
-    print("| optimizer | tables | backward ms | ns per updated row | speed vs rowwise_adagrad fp32 | forward ms |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| optimizer | tables | update | backward ms | ns per updated row | speed vs FBGEMM rowwise_adagrad fp32 "
+          "| forward ms |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     base = best[runs[0]][0]
-    for (opt, weights), (bwd, fwd) in best.items():
-        print(f"| {opt} | {weights} | {bwd:.2f} | {bwd * 1e6 / unique:,.0f} | {base / bwd:.2f}x | {fwd:.2f} |")
+    for (opt, weights, update), (bwd, fwd) in best.items():
+        print(f"| {opt} | {weights} | {update} | {bwd:.2f} | {bwd * 1e6 / unique:,.0f} | {base / bwd:.2f}x | {fwd:.2f} |")
     check = transition_check()
     if check:
         print(f"SSE after 256-bit AVX (bench/sse_avx_mix.c): {check}")

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_train.py [--steps 30] [--rounds 2] [--threads 2] [--batch 2048]
                                           [--rows 100000] [--dim 64] [--precision fp32,bf16]
-                                          [--tables fp32,fp16] [--full] [--quality] [--ranks]
+                                          [--tables fp32,fp16] [--update aten,fbgemm] [--full]
+                                          [--quality] [--ranks]
 
 The shape of issue 13: DLRM (torchrec.models.dlrm.DLRM) with 26 tables x rows x dim, bottom
 MLP 512-256-dim, top MLP 512-256-1, batch 2,048, one process, pre-built synthetic batches (so
@@ -14,8 +15,10 @@ no reader is timed), measured back to back in one process:
                   applied in backward, EmbeddingShardingPlanner + DistributedModelParallel,
                   KeyedOptimizerWrapper(Adagrad) for the dense part, TrainPipelineSparseDist;
   shardrec step   `build_sharded_task` (what `shardrec train` builds) with its pipeline, for
-                  each --precision value (train.precision: the dense layers) and --tables
-                  value (embeddings.weights_dtype: the tables' storage).
+                  each --precision value (train.precision: the dense layers), --tables
+                  value (embeddings.weights_dtype: the tables' storage) and --update value
+                  (embeddings.cpu_update: shardrec's ATen row-wise AdaGrad, or FBGEMM's
+                  CPU kernel as TorchRec's recipe runs it).
 Each is timed --rounds times, interleaved (A B C A B C), and the best round is kept: the
 machine is shared and noisy, so only ratios within one run mean anything. Then the shardrec
 step once more per precision (best of --rounds), in a process of its own set up as `shardrec
@@ -25,9 +28,10 @@ binding); in this process those settings would reach the baselines too.
 (made once with `shardrec synth --preset bench-dlrm` into --data) and reports its summary's
 samples_per_s and the rate from step 50 on (metrics.jsonl; the step alone is timed after
 warm-up steps too): the whole path (reader, pipeline, metrics) against the step alone.
---quality trains `shardrec train --config bench_dlrm` for --quality-steps steps in fp32 and in
-each other variant (--precision x --tables) and prints the test AUCs (the synthetic teacher
-data; same samples).
+--quality trains `shardrec train --config bench_dlrm` for --quality-steps steps with the
+unoptimised fp32 step (fp32 dense layers and tables, FBGEMM's CPU update) and with each variant
+(--precision x --tables x --update), and prints the test AUCs (the synthetic teacher data; same
+samples) and each variant's difference from the unoptimised one.
 --ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
 same per-rank batch, the 2 ranks once per --comm-precision (embeddings.comm_precision): the
 scaling of the sum of both ranks' samples/s; --rounds rounds of it, medians reported.
@@ -192,17 +196,17 @@ def full_train(data: Path, steps: int, threads: int, extra: list[str]) -> dict:
 
 
 def launch_ranks(n: int, comm: str, dense: str, steps: int, batch: int, rows: int,
-                 threads: int = 1, tables: str = "fp32") -> subprocess.Popen:
+                 threads: int = 1, tables: str = "fp32", update: str = "aten") -> subprocess.Popen:
     """`n` rank workers under torchrun (the shardrec step, `threads` threads a rank, in a
     process set up as `shardrec train` sets it up: set_up_process); `comm` is
     embeddings.comm_precision, optionally ":<sharding type>"; `tables` is
-    embeddings.weights_dtype."""
+    embeddings.weights_dtype, `update` embeddings.cpu_update."""
     precision, _, sharding = comm.partition(":")
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
          str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
          f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}", f"--threads={threads}",
-         f"--tables={tables}"],
+         f"--tables={tables}", f"--update={update}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
 
@@ -251,13 +255,20 @@ def ranks_scaling(steps: int, batch: int, rows: int, comm: list[str], dense: str
     return result
 
 
-def variant_name(precision: str, tables: str) -> str:
-    """'fp32' (dense layers in fp32, fp32 tables) or 'fp32, fp16 tables'."""
-    return precision if tables == "fp32" else f"{precision}, {tables} tables"
+def variant_name(precision: str, tables: str, update: str = "aten") -> str:
+    """'fp32' (dense layers in fp32, fp32 tables, the ATen table update), 'fp32, fp16 tables',
+    'fp32, FBGEMM update' ..."""
+    return ", ".join([precision] + ([f"{tables} tables"] if tables != "fp32" else [])
+                     + (["FBGEMM update"] if update == "fbgemm" else []))
 
 
-def variant_overrides(precision: str, tables: str) -> list[str]:
-    return [f"--train.precision={precision}", f"--embeddings.weights_dtype={tables}"]
+def variant_overrides(precision: str, tables: str, update: str = "aten") -> list[str]:
+    return [f"--train.precision={precision}", f"--embeddings.weights_dtype={tables}",
+            f"--embeddings.cpu_update={update}"]
+
+
+# The reference of --quality: the step before any optimisation of the arithmetic.
+UNOPTIMISED = ("fp32", "fp32", "fbgemm")
 
 
 def set_up_name(variant: str) -> str:
@@ -271,7 +282,7 @@ def rank_worker(args) -> None:
         schema = bench_schema(args.rows)
         batches = make_batches(8, args.batch, args.rows, seed=env.rank)
         overrides = [f"--train.num_threads={args.threads}", f"--embeddings.comm_precision={args.comm_precision}",
-                     *variant_overrides(args.precision, args.tables)]
+                     *variant_overrides(args.precision, args.tables, args.update)]
         if args.sharding:
             overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
         step = shardrec_step(schema, batches, args.batch, env, overrides, set_up=True)
@@ -294,6 +305,8 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", help="comma-separated train.precision values for shardrec's step")
     p.add_argument("--tables", default="fp32", help="comma-separated embeddings.weights_dtype values (fp32, "
                    "fp16) for shardrec's step, each with every --precision")
+    p.add_argument("--update", default="aten", help="comma-separated embeddings.cpu_update values (aten, "
+                   "fbgemm) for shardrec's step, each with every --precision and --tables")
     p.add_argument("--full", action="store_true", help="also time `shardrec train --config bench_dlrm`")
     p.add_argument("--data", type=Path, default=Path("/tmp/shardrec-bench-dlrm"))
     p.add_argument("--ranks", action="store_true", help="also time 2 ranks x 1 thread against 1 x 1")
@@ -312,28 +325,29 @@ def main() -> None:
         return rank_worker(args)
     torch.set_num_threads(args.threads)
     precisions = args.precision.split(",")
-    variants = {variant_name(p, t): (p, t) for p in precisions for t in args.tables.split(",")}
+    variants = {variant_name(p, t, u): (p, t, u) for p in precisions for t in args.tables.split(",")
+                for u in args.update.split(",")}
     schema = bench_schema(args.rows)
     batches = make_batches(8, args.batch, args.rows)
     env = init_distributed()
     try:
         steps = {"plain PyTorch (sparse EmbeddingBag + Adagrad)": plain_pytorch(schema, batches),
                  "TorchRec stock recipe (DMP, fused RowWiseAdagrad)": stock_torchrec(schema, batches, args.batch, env)}
-        for name, (precision, tables) in variants.items():
+        for name, variant in variants.items():
             steps[f"shardrec step ({name})"] = shardrec_step(
-                schema, batches, args.batch, env, variant_overrides(precision, tables))
+                schema, batches, args.batch, env, variant_overrides(*variant))
         best = dict.fromkeys(steps, 0.0)
         for _ in range(args.rounds):
             for name, step in steps.items():
                 best[name] = max(best[name], timed(step, args.steps, args.batch, args.warmup))
     finally:
         shutdown(env)
-    for name, (precision, tables) in variants.items():
+    for name, (precision, tables, update) in variants.items():
         # The same step in a process of its own that `set_up_process` has set up as
         # `shardrec train` does (cores, glibc malloc thresholds): those settings are
         # process-wide, so they would also reach the baselines if applied here.
         best[set_up_name(name)] = max(
-            rate(launch_ranks(1, "fp32", precision, args.steps, args.batch, args.rows, args.threads, tables))
+            rate(launch_ranks(1, "fp32", precision, args.steps, args.batch, args.rows, args.threads, tables, update))
             for _ in range(args.rounds))
     if args.full:
         for name, variant in variants.items():
@@ -354,14 +368,15 @@ def main() -> None:
             print(f"whole path after step 50 / step alone ({name}): {full / step:.2f}")
     if args.quality:
         # Same data, same samples (--quality-steps x 2,048), the only difference the precision
-        # of the dense layers or of the tables.
-        runs = {p: full_train(args.data, args.quality_steps, args.threads, variant_overrides(*variants.get(p, (p, "fp32"))))
-                for p in ("fp32", *[p for p in variants if p != "fp32"])}
+        # of the dense layers or of the tables, or how the tables are updated.
+        reference = variant_name(*UNOPTIMISED)
+        runs = {name: full_train(args.data, args.quality_steps, args.threads, variant_overrides(*variant))
+                for name, variant in {reference: UNOPTIMISED, **variants}.items()}
         print(f"quality after {args.quality_steps} steps ({args.quality_steps * args.batch:,} samples), test AUC "
               f"(teacher data): " + ", ".join(f"{p} {r['auc']:.4f}" for p, r in runs.items()))
         for p, r in runs.items():
-            if p != "fp32":
-                print(f"  {p} - fp32: {r['auc'] - runs['fp32']['auc']:+.4f}")
+            if p != reference:
+                print(f"  {p} - {reference} (unoptimised): {r['auc'] - runs[reference]['auc']:+.4f}")
     if args.ranks:
         # The dense layers in the last --precision given (bf16 in `make bench`), as before.
         rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","), precisions[-1],

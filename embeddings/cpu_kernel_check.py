@@ -2,13 +2,14 @@
 
 FBGEMM updates fp32 tables with row-wise AdaGrad on the CPU through a JIT-generated kernel
 that mixes 256-bit AVX with legacy-SSE scalar instructions. Some CPUs charge a transition for
-every such instruction (the project's Intel VM: about 500 ns more per updated row, 44% of a
+every such instruction (the project's Intel VMs: about 500 ns more per updated row, 44% of a
 DLRM step; docs/benchmarks.md, "Where the fp32 step goes on the Intel VM"), others nothing.
-fp16 tables take FBGEMM's generic compiled loop instead. No CPU flag tells the two kinds
-apart, so `slow_rowwise_adagrad_note` times both kernels on one small table batch (a few
-tens of ms, once per process) and names `embeddings.weights_dtype: fp16` when the fp32 kernel
-is clearly the slower one. It only advises: fp16 tables round every update, which the user
-should weigh on their own validation metric.
+fp16 tables take FBGEMM's generic compiled loop instead. shardrec's default,
+`embeddings.cpu_update: aten` (embeddings/cpu_rowwise_adagrad.py), runs neither for fp32
+tables; a run that asks for FBGEMM's kernel (`cpu_update: fbgemm`) gets this probe: no CPU
+flag tells the two kinds of CPU apart, so `slow_rowwise_adagrad_note` times both FBGEMM
+kernels on one small table batch (a few tens of ms, once per process) and, when the fp32
+kernel is clearly the slower one, names the two ways around it.
 """
 
 from __future__ import annotations
@@ -73,17 +74,19 @@ def fp32_over_fp16() -> float:
         return backward_ms("fp32") / backward_ms("fp16")
 
 
-def slow_rowwise_adagrad_note(optimizer: str, weights_dtype: str, device_type: str,
+def slow_rowwise_adagrad_note(optimizer: str, weights_dtype: str, device_type: str, cpu_update: str = "fbgemm",
                               ratio: Callable[[], float] | None = None) -> str | None:
-    """A note when fp32 tables train with row-wise AdaGrad on a CPU where FBGEMM's kernel for
-    them is at least SLOW_RATIO times slower than the fp16 tables' loop (`ratio`, default
-    the probe fp32_over_fp16); None otherwise, without probing when the configuration does
-    not use that kernel."""
-    if device_type != "cpu" or optimizer != "rowwise_adagrad" or weights_dtype != "fp32":
+    """A note when fp32 tables train with FBGEMM's row-wise AdaGrad CPU kernel
+    (`cpu_update` "fbgemm") on a CPU where it is at least SLOW_RATIO times slower than the
+    fp16 tables' loop (`ratio`, default the probe fp32_over_fp16); None otherwise, without
+    probing when the configuration does not use that kernel."""
+    if (device_type != "cpu" or optimizer != "rowwise_adagrad" or weights_dtype != "fp32"
+            or cpu_update != "fbgemm"):
         return None
     r = (ratio or fp32_over_fp16)()
     if r < SLOW_RATIO:
         return None
     return (f"note: this CPU runs FBGEMM's fp32 row-wise AdaGrad table update {r:.1f}x slower than its fp16-table "
-            "loop (a probe of both); --embeddings.weights_dtype=fp16 trains the tables faster here, rounding each "
-            "update to fp16 (check your validation metric; docs/troubleshooting.md)")
+            "loop (a probe of both); --embeddings.cpu_update=aten (shardrec's default) updates fp32 tables without "
+            "that kernel, and --embeddings.weights_dtype=fp16 takes the loop, rounding each update to fp16 "
+            "(docs/troubleshooting.md)")

@@ -33,12 +33,12 @@ def test_gpu_dlrm_dcn_benchmark_runs_on_cpu():
 
 
 def test_train_benchmark_prints_every_row_with_a_ratio():
-    # fp16 tables only (the default, fp32 tables, names its rows "shardrec step (fp32)"): each
-    # variant adds a torchrun launch of its own.
+    # One variant, not the default one (fp32 tables, the ATen update: "shardrec step (fp32)"),
+    # so that its name is checked too: each variant adds a torchrun launch of its own.
     out = run("bench_train.py", "--steps", "1", "--warmup", "1", "--rounds", "1", "--rows", "500", "--batch", "256",
-              "--tables", "fp16")
-    for name in ("plain PyTorch", "TorchRec stock recipe", "shardrec step (fp32, fp16 tables)",
-                 "shardrec step (fp32, fp16 tables), own process set up as `shardrec train`"):
+              "--tables", "fp16", "--update", "fbgemm")
+    for name in ("plain PyTorch", "TorchRec stock recipe", "shardrec step (fp32, fp16 tables, FBGEMM update)",
+                 "shardrec step (fp32, fp16 tables, FBGEMM update), own process set up as `shardrec train`"):
         assert re.search(rf"^\| {re.escape(name)}.* \| [\d,]+ \| \d+\.\d\dx \|$", out, re.M), (name, out)
 
 
@@ -47,14 +47,15 @@ def test_table_backward_benchmark_prints_each_kernel_per_updated_row():
               "--rounds", "1")
     updated = int(re.search(r"([\d,]+) rows updated a step", out).group(1).replace(",", ""))
     assert 2 * 25 <= updated <= 2 * 50  # 64 uniform draws of 50 ids: about 36 distinct ones per table
-    for kernel in ("rowwise_adagrad | fp32", "rowwise_adagrad | fp16", "sgd | fp32"):
+    for kernel in ("rowwise_adagrad | fp32 | fbgemm", "rowwise_adagrad | fp16 | fbgemm", "sgd | fp32 | fbgemm",
+                   "rowwise_adagrad | fp32 | aten"):
         row = re.search(rf"^\| {re.escape(kernel)} \| ([\d.]+) \| ([\d,]+) \| (\d+\.\d\d)x \| [\d.]+ \|$", out, re.M)
         assert row, (kernel, out)
         # ns per row = ms x 1e6 / rows, up to the rounding of the printed ms (2 decimals) and
         # of the printed rows (a mean over the batches, to a whole row)
         ns = float(row.group(2).replace(",", ""))
         assert abs(ns - float(row.group(1)) * 1e6 / updated) <= 0.005e6 / updated + ns * 0.5 / updated + 1
-    assert re.search(r"^\| rowwise_adagrad \| fp32 \| .* \| 1\.00x \|", out, re.M), out
+    assert re.search(r"^\| rowwise_adagrad \| fp32 \| fbgemm \| .* \| 1\.00x \|", out, re.M), out
 
 
 def test_tune_grid_splits_list_values_at_semicolons():

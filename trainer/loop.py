@@ -29,6 +29,7 @@ from shardrec.data_pipeline.reader import ShardReader
 from shardrec.data_pipeline.retrieval_reader import RetrievalReader
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
 from shardrec.embeddings.cpu_kernel_check import slow_rowwise_adagrad_note
+from shardrec.embeddings.cpu_rowwise_adagrad import use_aten_update
 from shardrec.embeddings.sharding import describe_plan, resume_pins, shard_model
 from shardrec.embeddings.weight_decay import CpuDecoupledDecay
 from shardrec.trainer.checkpoint import (
@@ -85,6 +86,8 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_p
         task = ClickTask(model, precision=cfg.train.precision, device_type=env.device.type)
     dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size,
                       resume_pins(saved_plan) if saved_plan else None)
+    if env.device.type == "cpu" and cfg.embeddings.cpu_update == "aten":
+        use_aten_update(dmp)
     return dmp, make_optimizer(dmp, cfg.optimizer)
 
 
@@ -379,7 +382,8 @@ def _run(cfg: Config, env: DistEnv) -> dict:
     if note:
         say(env, note)
     if env.is_main:  # a probe of ~30 ms; only rank 0 speaks
-        note = slow_rowwise_adagrad_note(cfg.embeddings.optimizer, cfg.embeddings.weights_dtype, env.device.type)
+        note = slow_rowwise_adagrad_note(cfg.embeddings.optimizer, cfg.embeddings.weights_dtype, env.device.type,
+                                          cfg.embeddings.cpu_update)
         if note:
             say(env, note)
     # Everything that can be refused is checked before the run folder is touched.

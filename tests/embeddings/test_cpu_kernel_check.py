@@ -17,12 +17,13 @@ def never() -> float:
 
 
 def test_the_note_names_fp16_tables_only_where_the_fp32_kernel_is_slower():
-    note = slow_rowwise_adagrad_note("rowwise_adagrad", "fp32", "cpu", ratio=lambda: 2.4)
-    assert "2.4x slower" in note and "--embeddings.weights_dtype=fp16" in note
-    assert slow_rowwise_adagrad_note("rowwise_adagrad", "fp32", "cpu", ratio=lambda: SLOW_RATIO - 0.01) is None
-    assert slow_rowwise_adagrad_note("rowwise_adagrad", "fp32", "cpu", ratio=lambda: 0.8) is None
-    for args in [("rowwise_adagrad", "fp32", "cuda"), ("adagrad", "fp32", "cpu"), ("sgd", "fp32", "cpu"),
-                 ("rowwise_adagrad", "fp16", "cpu")]:
+    note = slow_rowwise_adagrad_note("rowwise_adagrad", "fp32", "cpu", "fbgemm", ratio=lambda: 2.4)
+    assert "2.4x slower" in note and "--embeddings.cpu_update=aten" in note and "--embeddings.weights_dtype=fp16" in note
+    assert slow_rowwise_adagrad_note("rowwise_adagrad", "fp32", "cpu", "fbgemm", ratio=lambda: SLOW_RATIO - 0.01) is None
+    assert slow_rowwise_adagrad_note("rowwise_adagrad", "fp32", "cpu", "fbgemm", ratio=lambda: 0.8) is None
+    for args in [("rowwise_adagrad", "fp32", "cuda", "fbgemm"), ("adagrad", "fp32", "cpu", "fbgemm"),
+                 ("sgd", "fp32", "cpu", "fbgemm"), ("rowwise_adagrad", "fp16", "cpu", "fbgemm"),
+                 ("rowwise_adagrad", "fp32", "cpu", "aten")]:
         assert slow_rowwise_adagrad_note(*args, ratio=never) is None, args
 
 
@@ -43,5 +44,6 @@ def test_a_cpu_run_says_it_on_rank_0(tiny_cfg, capsys, monkeypatch, ratio, shown
 
     monkeypatch.setattr(cpu_kernel_check, "fp32_over_fp16", lambda: ratio)
     tiny_cfg.train.max_steps = 2
+    tiny_cfg.embeddings.cpu_update = "fbgemm"  # the default replaces that kernel, so no note there
     run(tiny_cfg)
     assert ("3.0x slower than its fp16-table loop" in capsys.readouterr().out) == shown
