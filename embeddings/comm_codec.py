@@ -42,9 +42,28 @@ class BF16CommCodec:
         return (input_tensor.shape[0] if input_tensor.dim() == 1 else input_tensor.shape[1]), 0
 
 
-def comm_codecs(precision: str) -> dict[str, QuantizedCommCodecs] | None:
-    """The sharders' qcomm_codecs_registry for `embeddings.comm_precision`; None = fp32 (TorchRec's default)."""
+class BF16KeptCommCodec(BF16CommCodec):
+    """BF16CommCodec whose decode leaves the received embeddings in bfloat16: for the forward
+    all-to-all of pooled embeddings into a model that casts them to bf16 first thing (under
+    `train.precision: bf16`), where casting them back to fp32 and then to bf16 again is two
+    passes over (B, F * E) that change no value (bf16 -> fp32 -> bf16 is exact). Their
+    gradient then comes back in bf16, which the backward codec's encode sends as it is; the
+    table-owning rank decodes it to fp32 as before. Measured: 2 ranks x 1 thread 14-22%
+    faster (docs/benchmarks.md)."""
+
+    def decode(self, input_grad: torch.Tensor, ctx: None = None) -> torch.Tensor:
+        return input_grad
+
+
+def comm_codecs(precision: str, pooled_stay_bf16: bool = False) -> dict[str, QuantizedCommCodecs] | None:
+    """The sharders' qcomm_codecs_registry for `embeddings.comm_precision`; None = fp32
+    (TorchRec's default). `pooled_stay_bf16`: the forward all-to-all of pooled embeddings
+    hands them on in bf16 (BF16KeptCommCodec; only for a model that takes them so)."""
     if precision == "fp32":
         return None
     codec = BF16CommCodec()
-    return {op.name: QuantizedCommCodecs(forward=codec, backward=codec) for op in COMM_OPS}
+    codecs = {op.name: QuantizedCommCodecs(forward=codec, backward=codec) for op in COMM_OPS}
+    if pooled_stay_bf16:
+        codecs[CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL.name] = QuantizedCommCodecs(forward=BF16KeptCommCodec(),
+                                                                              backward=codec)
+    return codecs

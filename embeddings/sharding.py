@@ -84,10 +84,10 @@ def fused_params(cfg: EmbeddingsConfig) -> dict:
     return params
 
 
-def make_sharders(cfg: EmbeddingsConfig) -> list[ModuleSharder[nn.Module]]:
+def make_sharders(cfg: EmbeddingsConfig, pooled_stay_bf16: bool = False) -> list[ModuleSharder[nn.Module]]:
     # EmbeddingCollections (unpooled: behaviour histories) get TorchRec's own sharder, with
-    # the same fused optimizer.
-    codecs = comm_codecs(cfg.comm_precision)
+    # the same fused optimizer. pooled_stay_bf16: see comm_codec.BF16KeptCommCodec.
+    codecs = comm_codecs(cfg.comm_precision, pooled_stay_bf16)
     return [EmbeddingBagSharder(fused_params=fused_params(cfg), qcomm_codecs_registry=codecs),
             EmbeddingCollectionSharder(fused_params=fused_params(cfg), qcomm_codecs_registry=codecs)]
 
@@ -244,14 +244,17 @@ def planner_inputs(model: nn.Module, cfg: EmbeddingsConfig, device_type: str, wo
 
 
 def shard_model(model: nn.Module, cfg: EmbeddingsConfig, device: torch.device, batch_size: int,
-                pins: dict[str, list[str]] | None = None) -> DistributedModelParallel:
+                pins: dict[str, list[str]] | None = None, pooled_stay_bf16: bool = False) -> DistributedModelParallel:
     """Plan (within `pins`, see resume_pins), then wrap `model` (built on meta) in DMP on
-    `device`; parameters get initialised (from the current torch seed) on the device."""
+    `device`; parameters get initialised (from the current torch seed) on the device.
+    `pooled_stay_bf16`: with bf16 communication, pooled embeddings reach the model in bf16
+    from other ranks (comm_codec.BF16KeptCommCodec)."""
     world_size = dist.get_world_size()
     memory = planner_inputs(model, cfg, device.type, world_size)
     pg = dist.GroupMember.WORLD
     plan = plan_sharding(model, cfg, world_size, device, batch_size, pg, pins, memory)
-    return DistributedModelParallel(module=model, device=device, plan=plan, sharders=make_sharders(cfg),
+    return DistributedModelParallel(module=model, device=device, plan=plan,
+                                    sharders=make_sharders(cfg, pooled_stay_bf16),
                                     data_parallel_wrapper=DenseDataParallel())
 
 

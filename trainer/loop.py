@@ -84,8 +84,10 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_p
         task = retrieval_task(model, cfg, schema, data)
     else:
         task = ClickTask(model, precision=cfg.train.precision, device_type=env.device.type)
+    # A model that casts its pooled embeddings to bf16 itself may receive them so.
+    pooled_bf16 = cfg.train.precision == "bf16" and getattr(model, "takes_bf16_embeddings", False)
     dmp = shard_model(task, cfg.embeddings, env.device, cfg.train.batch_size,
-                      resume_pins(saved_plan) if saved_plan else None)
+                      resume_pins(saved_plan) if saved_plan else None, pooled_stay_bf16=pooled_bf16)
     if env.device.type == "cpu" and cfg.embeddings.cpu_update == "aten":
         use_aten_update(dmp)
     return dmp, make_optimizer(dmp, cfg.optimizer)

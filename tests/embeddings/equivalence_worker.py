@@ -28,6 +28,7 @@ from shardrec.embeddings.tables import table_name
 from shardrec.trainer.distributed import init_distributed
 from shardrec.trainer.evaluate import evaluate
 from shardrec.trainer.loop import build_sharded_task
+from shardrec.trainer.models.dlrm import FastDLRM
 from shardrec.trainer.registry import traceable
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
@@ -56,6 +57,7 @@ def config(data_dir: str, schema, case: dict):
     chosen = case.get("tables") or {t: case["all"] for t in names}
     cfg.embeddings.tables = {t: TableConstraints(sharding_types=[chosen[t]], min_partition=4) for t in names}
     cfg.embeddings.comm_precision = case.get("comm", "fp32")
+    cfg.train.precision = case.get("precision", "fp32")
     return cfg
 
 
@@ -79,7 +81,13 @@ def worker(rank: int, world_size: int, init_file: str, data_dir: str, init_ckpt:
     results = {}
     for name, case in cases.items():
         cfg = config(data_dir, schema, case)
-        model, optimizer = build_sharded_task(schema, cfg, env)
+        # "pooled_fp32": the all-to-all hands pooled embeddings on in fp32 even where the model
+        # would take them in bf16 (what shardrec did before BF16KeptCommCodec).
+        FastDLRM.takes_bf16_embeddings = not case.get("pooled_fp32")
+        try:
+            model, optimizer = build_sharded_task(schema, cfg, env)
+        finally:
+            FastDLRM.takes_bf16_embeddings = True
         state = {"model": model.state_dict()}
         ckpt = f"{init_ckpt}-{case.get('preset', 'tiny')}"  # one set of initial weights per model
         if not Path(ckpt).exists():  # the first (reference) world writes the initial weights

@@ -29,6 +29,10 @@ def results(tiny_data, tmp_path_factory):
     cases["mixed"] = {"tables": {name: TYPES[i % len(TYPES)] for i, name in enumerate(tables)}}
     # bf16 embedding communication: all-to-all (table_wise) and reduce-scatter (row_wise).
     cases.update({f"{t} bf16": {"all": t, "comm": "bf16"} for t in BF16_COMM})
+    # bf16 dense layers too: the pooled embeddings then reach the model in bf16, or (the
+    # "fp32" case) are cast back to fp32 first, as before BF16KeptCommCodec.
+    both = {"all": "table_wise", "comm": "bf16", "precision": "bf16"}
+    cases.update({"bf16 dense and comm": both, "bf16 dense and comm, fp32 pooled": {**both, "pooled_fp32": True}})
     return reference, _run(2, tmp, tiny_data, cases, "sharded")
 
 
@@ -60,3 +64,17 @@ def test_bf16_embedding_comm_trains_like_fp32(results, kind):
     assert got["losses"] != fp32["losses"]
     assert got["losses"] == pytest.approx(reference["losses"], rel=5e-3)
     assert got["auc"] == pytest.approx(reference["auc"], abs=5e-3)
+
+
+@pytest.mark.slow
+def test_pooled_embeddings_kept_in_bf16_train_exactly_as_cast_back(results):
+    """With bf16 dense layers and bf16 communication the all-to-all hands the pooled
+    embeddings on in bf16 instead of casting them to fp32 for the model to cast back: no
+    value changes on the way (bf16 -> fp32 -> bf16 is exact, and so is their gradient's way
+    back), so the losses are the same to the bit, and they still follow the fp32 ones."""
+    reference, sharded = results
+    kept, cast_back = sharded["bf16 dense and comm"], sharded["bf16 dense and comm, fp32 pooled"]
+    assert kept["losses"] == cast_back["losses"]
+    assert kept["auc"] == cast_back["auc"]
+    assert kept["losses"] != sharded["table_wise bf16"]["losses"]  # the dense layers really ran in bf16
+    assert kept["losses"] == pytest.approx(reference["losses"], rel=2e-2)

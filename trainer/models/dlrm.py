@@ -126,6 +126,10 @@ class FastDLRM(DLRM):
     forward(dense (B, D), KJT) -> logits (B, 1)
     """
 
+    # The forward casts the pooled embeddings to the dense layers' dtype before any use, so
+    # under bf16 they may arrive in bf16 (embeddings/comm_codec.py, BF16KeptCommCodec).
+    takes_bf16_embeddings = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         n = self.sparse_arch.F + 1
