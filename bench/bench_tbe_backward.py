@@ -16,8 +16,8 @@ with FBGEMM's `SplitTableBatchedEmbeddingBagsCodegen` on the CPU, for:
                          FBGEMM takes its generic compiled loop instead of the JIT kernel;
   sgd fp32               EXACT_SGD, fp32 tables: the generic loop with no optimizer state,
                          the floor for a backward that reads and writes every row;
-  rowwise_adagrad fp32   the same table batch with shardrec's ATen row-wise AdaGrad update
-    (aten)               in its backward (embeddings/cpu_rowwise_adagrad.py,
+  rowwise_adagrad fp32,  the same table batches with shardrec's ATen row-wise AdaGrad
+    fp16 (aten)          update in their backward (embeddings/cpu_rowwise_adagrad.py,
                          `embeddings.cpu_update: aten`, the default), forward unchanged.
 It prints ms per step, ns per updated (unique) row and the speed against rowwise_adagrad
 fp32, measured interleaved in one run (best of --rounds).
@@ -97,7 +97,7 @@ def main() -> None:
     unique = sum(len(torch.unique(ids.view(args.tables, args.batch)[t])) for ids, _ in batches
                  for t in range(args.tables)) / len(batches)
     runs = [("rowwise_adagrad", "fp32", "fbgemm"), ("rowwise_adagrad", "fp16", "fbgemm"), ("sgd", "fp32", "fbgemm"),
-            ("rowwise_adagrad", "fp32", "aten")]
+            ("rowwise_adagrad", "fp32", "aten"), ("rowwise_adagrad", "fp16", "aten")]
     best: dict[tuple[str, str, str], tuple[float, float]] = {}
     for _ in range(args.rounds):  # interleaved; the faster round of each kept
         for run in runs:

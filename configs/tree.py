@@ -140,15 +140,13 @@ class EmbeddingsConfig:
     # CPU kernels ignore weight decay, and shardrec applies the decoupled rule itself there).
     weight_decay_mode: Literal["decoupled", "l2"] = "decoupled"
     # Storage type of the table weights: fp16 halves their memory (FBGEMM rounds the updates
-    # stochastically on GPU, to nearest on CPU); the optimizer state stays fp32. On CPU fp16
-    # tables are updated by FBGEMM's generic loop (cpu_update below covers fp32 tables only),
-    # slower than fp32 tables with the default update (docs/benchmarks.md).
+    # stochastically on GPU, to nearest on CPU); the optimizer state stays fp32.
     weights_dtype: Literal["fp32", "fp16"] = "fp32"
     # How CPU tables are updated in backward: "aten" (shardrec's row-wise AdaGrad in ATen's
-    # vectorised, multi-threaded ops, 2.5-3x faster than FBGEMM's CPU kernel where measured,
-    # docs/benchmarks.md; it covers fp32 tables with rowwise_adagrad and pooled lookups, the
-    # others keep FBGEMM's) or "fbgemm" (FBGEMM's CPU kernel for every table). GPUs always
-    # run FBGEMM's kernels.
+    # vectorised, multi-threaded ops, 2-3x faster than FBGEMM's CPU kernels where measured,
+    # docs/benchmarks.md; it covers fp32 and fp16 tables with rowwise_adagrad and pooled
+    # lookups, the others keep FBGEMM's) or "fbgemm" (FBGEMM's CPU kernel for every table).
+    # GPUs always run FBGEMM's kernels.
     cpu_update: Literal["aten", "fbgemm"] = "aten"
     # Precision of the embeddings and their gradients sent between ranks (the all-to-alls and
     # reduce-scatters of sharded tables): bf16 halves those bytes (embeddings/comm_codec.py).

@@ -7,26 +7,28 @@ rowwise_adagrad_cpu`. On the CPUs measured here that kernel is most of a DLRM st
 (docs/benchmarks.md, "Where the fp32 step goes ..."):
   - fp32 tables take FBGEMM's JIT (asmjit) row-wise AdaGrad kernel, which mixes legacy-SSE
     scalar instructions with 256-bit AVX ones; on the Intel VMs each SSE instruction after
-    an AVX one costs ~70-100 ns (bench/sse_avx_mix.c), about 600 ns per updated row;
+    an AVX one costs ~70-110 ns (bench/sse_avx_mix.c), about 600 ns per updated row;
   - fp16 tables and shared tables take FBGEMM's generic loop, which runs one table after
-    another on one thread and converts fp16 one element at a time (~360 ns per row).
-The same update written as a handful of ATen ops (a sort for the unique rows, `index_add_`
-for their summed gradients, a row norm, gather/scatter of the row state) runs on all
-intra-op threads with ATen's vector kernels: ~6 ms instead of 19-30 ms for issue 13's 26
-tables x 2,048 rows on 2 cores (bench/bench_tbe_backward.py). No maintained library offers
-this for TorchRec's CPU tables, hence the code; the forward stays FBGEMM's.
+    another on one thread and converts fp16 one element at a time (~380-450 ns per row).
+The same update written as a handful of ATen ops (a sort for the unique rows, gathers and
+`index_add_` for their summed gradients, a row norm, gather/scatter of the row state) runs on
+all intra-op threads with ATen's vector kernels: 12-18 ms instead of 31-34 ms (fp32) for
+issue 13's 26 tables x 2,048 rows on 1-2 cores (bench/bench_tbe_backward.py). No maintained
+library offers this for TorchRec's CPU tables, hence the code; the forward stays FBGEMM's.
 
 What stays the same: the module is FBGEMM's own object (its class is swapped for the
 subclass below, which overrides `forward` only), so the weights, the optimizer state
 (`momentum1`), the learning rate TorchRec's fused optimizer sets, checkpoints and the
-sharding are FBGEMM's and TorchRec's. The arithmetic is FBGEMM's EXACT_ROWWISE_ADAGRAD as
-its CPU kernels do it (weight decay and max_norm included: both kernels ignore them on CPU,
-and shardrec's CpuDecoupledDecay applies decoupled decay from outside, as before):
+sharding are FBGEMM's and TorchRec's. The arithmetic is FBGEMM's EXACT_ROWWISE_ADAGRAD as its
+CPU kernels do it (fp16 rows updated in fp32 and rounded to nearest once; weight decay and
+max_norm not applied, as FBGEMM's fp32 CPU kernel does not: shardrec's CpuDecoupledDecay
+applies decoupled decay from outside, as before):
     g_r = sum of the gradients of row r's lookups in the batch       (D,)
     m_r += mean(g_r ** 2)
     w_r -= lr / (sqrt(m_r) + eps) * g_r
-tests/embeddings/test_cpu_rowwise_adagrad.py compares weights and state with FBGEMM's kernel
-after several steps (duplicates, mean pooling, bags of several ids, shared tables, mixed dims).
+tests/embeddings/test_cpu_rowwise_adagrad.py compares weights and state with FBGEMM's kernels
+after several steps (duplicates, mean pooling, bags of several ids, shared tables, mixed dims,
+fp16 storage).
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ from torch import nn
 
 
 def eligible(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
-    """Whether `tbe` is a CPU row-wise AdaGrad table batch this update reproduces: fp32
-    weights in host memory, pooled (sum or mean) lookups."""
+    """Whether `tbe` is a CPU row-wise AdaGrad table batch this update reproduces: fp32 or
+    fp16 weights in host memory, pooled (sum or mean) lookups."""
     return (tbe.optimizer == EmbOptimType.EXACT_ROWWISE_ADAGRAD
-            and tbe.weights_precision == SparseType.FP32
+            and tbe.weights_precision in (SparseType.FP32, SparseType.FP16)
             and tbe.pooling_mode in (PoolingMode.SUM, PoolingMode.MEAN)
             and tbe.weights_host.numel() > 0 and tbe.weights_dev.numel() == 0 and tbe.weights_uvm.numel() == 0)
 
@@ -201,7 +203,17 @@ def _update_rows(weights: torch.Tensor, momentum: torch.Tensor, rows: torch.Tens
         torch.linalg.vector_norm(grads, dim=1).square_().div_(weights.shape[1]))
     momentum.index_copy_(0, unique, state)
     step = state.sqrt_().add_(eps).reciprocal_().mul_(-lr)  # -lr / (sqrt(m) + eps), (U,)
-    weights.index_add_(0, unique, grads.mul_(step.unsqueeze(1)))
+    delta = grads.mul_(step.unsqueeze(1))
+    if weights.dtype == torch.float32:
+        weights.index_add_(0, unique, delta)
+    else:  # fp16 storage: each row updated in fp32 and rounded once to nearest, as FBGEMM's CPU loop does
+        # The rows are moved as int64 words (the same bits, 4 fp16 values a word; int16 when
+        # the dim is not a multiple of 4): ATen's index_copy_ and index_select work element by
+        # element, so fewer, wider elements move the same rows several times faster.
+        word = torch.int64 if weights.shape[1] % 4 == 0 else torch.int16
+        bits = weights.view(word)
+        rows = bits.index_select(0, unique).view(weights.dtype).float().add_(delta).to(weights.dtype)
+        bits.index_copy_(0, unique, rows.view(word))
 
 
 def _summed_per_row(lookup_grads: torch.Tensor, inverse: torch.Tensor, unique: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ def test_table_backward_benchmark_prints_each_kernel_per_updated_row():
     updated = int(re.search(r"([\d,]+) rows updated a step", out).group(1).replace(",", ""))
     assert 2 * 25 <= updated <= 2 * 50  # 64 uniform draws of 50 ids: about 36 distinct ones per table
     for kernel in ("rowwise_adagrad | fp32 | fbgemm", "rowwise_adagrad | fp16 | fbgemm", "sgd | fp32 | fbgemm",
-                   "rowwise_adagrad | fp32 | aten"):
+                   "rowwise_adagrad | fp32 | aten", "rowwise_adagrad | fp16 | aten"):
         row = re.search(rf"^\| {re.escape(kernel)} \| ([\d.]+) \| ([\d,]+) \| (\d+\.\d\d)x \| [\d.]+ \|$", out, re.M)
         assert row, (kernel, out)
         # ns per row = ms x 1e6 / rows, up to the rounding of the printed ms (2 decimals) and
