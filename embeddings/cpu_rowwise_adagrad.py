@@ -212,8 +212,8 @@ def _update_rows(weights: torch.Tensor, momentum: torch.Tensor, rows: torch.Tens
         # element, so fewer, wider elements move the same rows several times faster.
         word = torch.int64 if weights.shape[1] % 4 == 0 else torch.int16
         bits = weights.view(word)
-        rows = bits.index_select(0, unique).view(weights.dtype).float().add_(delta).to(weights.dtype)
-        bits.index_copy_(0, unique, rows.view(word))
+        updated = bits.index_select(0, unique).view(weights.dtype).float().add_(delta).to(weights.dtype)
+        bits.index_copy_(0, unique, updated.view(word))
 
 
 def _summed_per_row(lookup_grads: torch.Tensor, inverse: torch.Tensor, unique: int) -> torch.Tensor:
