@@ -185,21 +185,3 @@ def test_shardrec_training_with_it_follows_fbgemms_kernel(tiny_data):
     for key, value in weights.items():
         torch.testing.assert_close(value, ref_weights[key], rtol=1e-4, atol=1e-6, msg=key)
 
-
-def test_leaves_weight_decay_to_cpu_decoupled_decay():
-    """As FBGEMM's fp32 CPU kernel (tests/trainer/test_optim.py): the update itself ignores
-    weight decay, which embeddings/weight_decay.py applies once from outside."""
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
-
-    updated = []
-    for decay, mode in ((0.0, WeightDecayMode.NONE), (0.5, WeightDecayMode.DECOUPLE)):
-        torch.manual_seed(0)
-        tbe = SplitTableBatchedEmbeddingBagsCodegen(
-            [(10, 4, EmbeddingLocation.HOST, ComputeDevice.CPU)], optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-            learning_rate=0.1, weight_decay=decay, weight_decay_mode=mode)
-        tbe.init_embedding_weights_uniform(-1.0, 1.0)
-        before = tbe.weights_host.detach().clone()
-        assert cpu_rowwise_adagrad.switch(tbe)
-        tbe(torch.tensor([1, 2]), torch.tensor([0, 1, 2])).sum().backward()
-        updated.append(tbe.weights_host.detach().clone())
-    assert torch.equal(updated[0], updated[1]) and not torch.equal(updated[0], before)

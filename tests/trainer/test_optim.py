@@ -76,9 +76,11 @@ def test_embedding_weight_decay_needs_rowwise_adagrad(tiny_cfg):
         run(tiny_cfg)
 
 
-def test_fbgemm_cpu_kernels_ignore_weight_decay():
-    """The premise of embeddings/weight_decay.py: if FBGEMM's CPU rowwise Adagrad starts
-    applying weight decay itself, shardrec's own decay must go (it would decay twice)."""
+@pytest.mark.parametrize("update", ["fbgemm", "aten"])
+def test_fbgemm_cpu_kernels_ignore_weight_decay(update):
+    """The premise of embeddings/weight_decay.py: if FBGEMM's CPU rowwise Adagrad (or
+    shardrec's ATen version of it, embeddings.cpu_update: aten) starts applying weight decay
+    itself, shardrec's own decay must go (it would decay twice)."""
     import torch
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
@@ -87,6 +89,7 @@ def test_fbgemm_cpu_kernels_ignore_weight_decay():
         SplitTableBatchedEmbeddingBagsCodegen,
         WeightDecayMode,
     )
+    from shardrec.embeddings.cpu_rowwise_adagrad import switch
 
     updated = []
     for decay, mode in ((0.0, WeightDecayMode.NONE), (0.5, WeightDecayMode.DECOUPLE)):
@@ -95,9 +98,11 @@ def test_fbgemm_cpu_kernels_ignore_weight_decay():
             [(10, 4, EmbeddingLocation.HOST, ComputeDevice.CPU)], optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
             learning_rate=0.1, weight_decay=decay, weight_decay_mode=mode)
         tbe.init_embedding_weights_uniform(-1.0, 1.0)
+        before = tbe.split_embedding_weights()[0].detach().clone()
+        assert update == "fbgemm" or switch(tbe)
         tbe(torch.tensor([1, 2]), torch.tensor([0, 1, 2])).sum().backward()
         updated.append(tbe.split_embedding_weights()[0].detach().clone())
-    assert torch.equal(updated[0], updated[1])
+    assert torch.equal(updated[0], updated[1]) and not torch.equal(updated[0], before)
 
 
 def test_fused_dense_optimizer_only_where_torch_has_the_kernel():
