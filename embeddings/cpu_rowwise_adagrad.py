@@ -153,7 +153,6 @@ def rowwise_adagrad_update(tbe: AtenRowwiseAdagradTables, indices: torch.Tensor,
     lr, eps = tbe.learning_rate_tensor, tbe.optimizer_args.eps
     if layout.uniform:
         D = layout.dims[0]
-        bag_feature = torch.arange(F).repeat_interleave(B)  # (F * B,)
         if one_id_per_bag:
             rows = indices.long() + layout.row_base.repeat_interleave(B)
             # Lookup k = f * B + b takes the gradient of row (b, f) of grad viewed as
@@ -162,7 +161,7 @@ def rowwise_adagrad_update(tbe: AtenRowwiseAdagradTables, indices: torch.Tensor,
             lookup_grads = grad.view(B * F, D)
         else:
             bag = torch.repeat_interleave(torch.arange(F * B), lengths)  # (N,)
-            rows = indices.long() + layout.row_base[bag_feature[bag]]
+            rows = indices.long() + layout.row_base[bag // B]  # bag f * B + b is feature f
             lookup_grads = grad.view(B * F, D).index_select(0, (bag % B) * F + bag // B)
             if mean:
                 lookup_grads = lookup_grads / lengths[bag].clamp(min=1).unsqueeze(1)
