@@ -68,3 +68,15 @@ def test_tune_grid_splits_list_values_at_semicolons():
     assert grid_candidates(["m.cross_pairs=u:g,i:a;", "n=0"]) == [["m.cross_pairs=u:g,i:a", "n=0"]]
     assert grid_candidates(["p=u:g;u:g,i:a"]) == [["p=u:g"], ["p=u:g,i:a"]]
     assert grid_candidates([]) == [[]]
+
+
+def test_step_profile_by_thread_sums_each_threads_cpu():
+    # 30 steps: the kernel counts CPU time in clock ticks (10 ms), so a toy step needs several.
+    out = run("profile_step.py", "--by-thread", "--steps", "30", "--warmup", "1", "--rows", "500", "--batch", "256",
+              "--threads", "1")
+    head = re.search(r"^rank 0: ([\d.]+) ms a step \(wall\), ([\d.]+) ms of CPU$", out, re.M)
+    assert head, out
+    threads = [float(ms) for ms in re.findall(r"^\| .+ \(\d+\) \| ([\d.]+) \|$", out, re.M)]
+    # One process, one compute thread: the rows add up to the total, and the main thread did work.
+    assert threads and max(threads) > 0, out
+    assert abs(sum(threads) - float(head.group(2))) <= 0.1 * len(threads) + 0.1, out
