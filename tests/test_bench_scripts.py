@@ -6,6 +6,7 @@ rows it promises, so a refactor cannot break them silently before the next GPU s
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -80,3 +81,37 @@ def test_step_profile_by_thread_sums_each_threads_cpu():
     # One process, one compute thread: the rows add up to the total, and the main thread did work.
     assert threads and max(threads) > 0, out
     assert abs(sum(threads) - float(head.group(2))) <= 0.1 * len(threads) + 0.1, out
+
+
+def _exchange_worker(rank: int, init_file: str, out: str, run_id: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ["TORCHELASTIC_RUN_ID"] = run_id  # names the /dev/shm files, as under torchrun
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from probe_shm_all_to_all import ShmAllToAll
+
+    exchange, same = ShmAllToAll(rank, 2), []
+    g = torch.Generator().manual_seed(rank)
+    # Uneven splits, several dtypes, more calls than the two slots: what TorchRec sends.
+    for call, dtype in enumerate([torch.bfloat16, torch.int64, torch.float32, torch.int32, torch.bfloat16]):
+        sizes = [[3 + call, 5], [2, 7 + call]]  # sizes[r][p]: what rank r sends to rank p
+        sent = torch.randint(-1000, 1000, (sum(sizes[rank]),), generator=g).to(dtype)
+        splits_out = [sizes[0][rank], sizes[1][rank]]
+        expected, got = torch.empty(sum(splits_out), dtype=dtype), torch.empty(sum(splits_out), dtype=dtype)
+        dist.all_to_all_single(expected, sent, splits_out, sizes[rank])
+        exchange(got, sent, splits_out, sizes[rank], async_op=True).wait()
+        same.append(torch.equal(got, expected))
+    exchange.close()
+    if rank == 0:
+        Path(out).write_text(str(same))
+    dist.destroy_process_group()
+
+
+def test_shared_memory_probe_exchanges_what_gloo_does(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "same.txt"
+    mp.spawn(_exchange_worker, args=(str(tmp_path / "store"), str(out), f"test-{os.getpid()}"), nprocs=2, join=True)
+    assert out.read_text() == str([True] * 5)
