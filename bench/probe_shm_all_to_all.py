@@ -7,7 +7,8 @@
 The bench shape (configs/bench_dlrm.yaml's DLRM, batch 2,048 a rank, 1 thread a rank, as
 `bench_train.py --ranks` runs it). With --shm, `torch.distributed.all_to_all_single` (which
 TorchRec's input distribution and pooled-embedding all-to-alls call) is replaced in this
-process by ShmAllToAll below; the dense gradients' all-reduce stays on gloo. Each rank prints
+process by ShmAllToAll below (every call, whatever its group: with 2 ranks TorchRec uses only
+the world's); the dense gradients' all-reduce stays on gloo. Each rank prints
 its wall and per-thread CPU time a step (profile_step.by_thread) and, with --shm, the time it
 spun waiting for its peer; with --profile, rank 0's operators by self CPU time instead.
 
@@ -36,7 +37,7 @@ from shardrec.launch.console import quiet_libraries  # noqa: E402
 from shardrec.trainer.distributed import init_distributed, shutdown  # noqa: E402
 
 SLOT = 64 << 20  # bytes one rank may send in one call
-HEADER = 4096  # [sequence number, 6 unused, then per slot 16 int64: the byte size sent to each rank]
+HEADER = 4096  # int64s: [0] the call number, [1:8] unused, [8 + 16 * slot + r] bytes sent to rank r
 
 
 class ShmAllToAll:
@@ -128,9 +129,6 @@ def main() -> None:
                              ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}",
                               *variant_overrides(args.precision, "fp32")], set_up=True)
 
-        class Steps:  # by_thread drives a pipeline; this one's progress is the bench step
-            progress = staticmethod(lambda _it: step())
-
         for _ in range(args.warmup):
             step()
         if args.profile:
@@ -142,7 +140,7 @@ def main() -> None:
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
             return
         spun = exchange.spin_s if exchange else 0.0
-        by_thread(Steps, None, args.steps, env.rank)
+        by_thread(step, args.steps, env.rank)
         if exchange:
             sys.stdout.write(f"rank {env.rank}: {1e3 * (exchange.spin_s - spun) / args.steps:.1f} ms a step spent "
                              f"waiting for the peer in shared memory\n")

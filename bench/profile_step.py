@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -66,13 +67,13 @@ def thread_cpu_seconds() -> dict[tuple[str, str], float]:
     return out
 
 
-def by_thread(pipeline, it, steps: int, rank: int) -> None:
+def by_thread(step: Callable[[], object], steps: int, rank: int) -> None:
     """Wall and per-thread CPU milliseconds a step over `steps` unprofiled steps. The kernel
     counts CPU time in clock ticks (10 ms at the usual 100 Hz): time enough steps for that
     to vanish (40 steps of the bench shape: 0.25 ms a step)."""
     before, start = thread_cpu_seconds(), time.perf_counter()
     for _ in range(steps):
-        pipeline.progress(it)
+        step()
     wall, after = time.perf_counter() - start, thread_cpu_seconds()
     used = {key: 1e3 * (cpu - before.get(key, 0.0)) / steps for key, cpu in after.items()}
     lines = [f"rank {rank}: {1e3 * wall / steps:.1f} ms a step (wall), {sum(used.values()):.1f} ms of CPU",
@@ -115,7 +116,7 @@ def main() -> None:
         for _ in range(args.warmup):
             pipeline.progress(it)
         if args.by_thread:
-            return by_thread(pipeline, it, args.steps, env.rank)
+            return by_thread(lambda: pipeline.progress(it), args.steps, env.rank)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(args.shapes)) as prof:
             for _ in range(args.steps):
                 pipeline.progress(it)
