@@ -128,7 +128,6 @@ def main() -> None:
         step = shardrec_step(bench_schema(100_000), batches, 2048, env,
                              ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}",
                               *variant_overrides(args.precision, "fp32")], set_up=True)
-
         for _ in range(args.warmup):
             step()
         if args.profile:
