@@ -33,8 +33,10 @@ unoptimised fp32 step (fp32 dense layers and tables, FBGEMM's CPU update) and wi
 (--precision x --tables x --update), and prints the test AUCs (the synthetic teacher data; same
 samples) and each variant's difference from the unoptimised one.
 --ranks runs the shardrec step as 1 rank x 1 thread and as 2 ranks x 1 thread (torchrun),
-same per-rank batch, the 2 ranks once per --comm-precision (embeddings.comm_precision): the
-scaling of the sum of both ranks' samples/s; --rounds rounds of it, medians reported.
+same per-rank batch, the 2 ranks once per --comm-precision entry (embeddings.comm_precision,
+optionally ":<sharding type>" and "@<train.cpu_exchange>", e.g. bf16@process_group
+for TorchRec's gloo all-to-all instead of the default shared memory): the scaling of the
+sum of both ranks' samples/s; --rounds rounds of it, medians reported.
 """
 
 from __future__ import annotations
@@ -199,14 +201,15 @@ def launch_ranks(n: int, comm: str, dense: str, steps: int, batch: int, rows: in
                  threads: int = 1, tables: str = "fp32", update: str = "aten") -> subprocess.Popen:
     """`n` rank workers under torchrun (the shardrec step, `threads` threads a rank, in a
     process set up as `shardrec train` sets it up: set_up_process); `comm` is
-    embeddings.comm_precision, optionally ":<sharding type>"; `tables` is
-    embeddings.weights_dtype, `update` embeddings.cpu_update."""
+    embeddings.comm_precision, optionally ":<sharding type>" and then "@<train.cpu_exchange>";
+    `tables` is embeddings.weights_dtype, `update` embeddings.cpu_update."""
+    comm, _, exchange = comm.partition("@")
     precision, _, sharding = comm.partition(":")
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
          str(Path(__file__).resolve()), "--rank-worker", f"--steps={steps}", f"--batch={batch}", f"--rows={rows}",
          f"--comm-precision={precision}", f"--sharding={sharding}", f"--precision={dense}", f"--threads={threads}",
-         f"--tables={tables}", f"--update={update}"],
+         f"--tables={tables}", f"--update={update}", f"--exchange={exchange or 'auto'}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
 
@@ -285,6 +288,7 @@ def rank_worker(args) -> None:
                      *variant_overrides(args.precision, args.tables, args.update)]
         if args.sharding:
             overrides.append(f"--embeddings.sharding_types=[{args.sharding}]")
+        overrides.append(f"--train.cpu_exchange={args.exchange}")
         step = shardrec_step(schema, batches, args.batch, env, overrides, set_up=True)
         # One write (the newline included), so that the other rank's line cannot split it.
         sys.stdout.write(f"RANK_RATE {timed(step, args.steps, args.batch, args.warmup):.1f}\n")
@@ -314,9 +318,11 @@ def main() -> None:
                    "precisions after the same samples of `shardrec train`")
     p.add_argument("--quality-steps", type=int, default=250)
     p.add_argument("--full-steps", type=int, default=300)
-    p.add_argument("--comm-precision", default="fp32,bf16",
+    p.add_argument("--comm-precision", default="fp32,bf16,bf16@process_group",
                    help="with --ranks: the embeddings.comm_precision values 2 ranks are timed with, each "
-                   "optionally with a sharding type for every table (e.g. bf16:row_wise)")
+                   "optionally with a sharding type for every table (e.g. bf16:row_wise) and an "
+                   "train.cpu_exchange (e.g. bf16@process_group; default auto)")
+    p.add_argument("--exchange", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--sharding", default="", help=argparse.SUPPRESS)
     p.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

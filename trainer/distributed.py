@@ -79,6 +79,9 @@ def shutdown(env: DistEnv) -> None:
     """Destroy the group this process made. Call it after the model is gone: sharded tensors
     hold the group, and a gloo group freed only at interpreter exit aborts the process when
     its worker threads are cancelled."""
+    from shardrec.embeddings.host_exchange import close_all
+
+    close_all()  # peers waiting in a shared-memory exchange for this rank stop at once
     if env.owns_group and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()

@@ -30,6 +30,7 @@ from shardrec.data_pipeline.retrieval_reader import RetrievalReader
 from shardrec.data_pipeline.schema import DatasetSchema, load_schema
 from shardrec.embeddings.cpu_kernel_check import slow_rowwise_adagrad_note
 from shardrec.embeddings.cpu_rowwise_adagrad import use_aten_update
+from shardrec.embeddings.host_exchange import use_shared_memory_exchange
 from shardrec.embeddings.sharding import describe_plan, resume_pins, shard_model
 from shardrec.embeddings.weight_decay import CpuDecoupledDecay
 from shardrec.trainer.checkpoint import (
@@ -90,6 +91,13 @@ def build_sharded_task(schema: DatasetSchema, cfg: Config, env: DistEnv, saved_p
                       resume_pins(saved_plan) if saved_plan else None, pooled_stay_bf16=pooled_bf16)
     if env.device.type == "cpu" and cfg.embeddings.cpu_update == "aten":
         use_aten_update(dmp)
+    exchange = cfg.train.cpu_exchange
+    if exchange == "shared_memory" and env.device.type != "cpu":
+        raise UserError("config key 'train.cpu_exchange': shared_memory is for CPU ranks; GPUs exchange "
+                        "through the process group (auto or process_group)")
+    if env.device.type == "cpu" and exchange != "process_group":
+        use_shared_memory_exchange(dmp, cfg.train.batch_size, 60 * cfg.train.pg_timeout_minutes,
+                                   required=exchange == "shared_memory")
     return dmp, make_optimizer(dmp, cfg.optimizer)
 
 

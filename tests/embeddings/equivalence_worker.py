@@ -38,7 +38,7 @@ GLOBAL_BATCH = 512
 
 def config(data_dir: str, schema, case: dict):
     """The tiny preset with SGD everywhere; case = {"all": type} or {"tables": {table: type}},
-    optionally with "comm": embeddings.comm_precision.
+    optionally with "comm": embeddings.comm_precision and "exchange": train.cpu_exchange.
     With case["preset"] (and "overrides"), that preset instead, every table of its model
     (whatever their names) of type case["all"] at a learning rate of case.get("lr", 0.5).
 
@@ -58,6 +58,7 @@ def config(data_dir: str, schema, case: dict):
     cfg.embeddings.tables = {t: TableConstraints(sharding_types=[chosen[t]], min_partition=4) for t in names}
     cfg.embeddings.comm_precision = case.get("comm", "fp32")
     cfg.train.precision = case.get("precision", "fp32")
+    cfg.train.cpu_exchange = case.get("exchange", "auto")
     return cfg
 
 
@@ -109,8 +110,9 @@ def worker(rank: int, world_size: int, init_file: str, data_dir: str, init_ckpt:
                              world_size=world_size, drop_last=False, prefetch_batches=0)
         metrics = evaluate(model, reader, env.device)
         plan = {t: p.sharding_type for m in model.plan.plan.values() for t, p in m.items()}
+        dists = sorted({type(d).__name__ for m in model.modules() for d in getattr(m, "_output_dists", [])})
         results[name] = {"losses": losses, "auc": metrics["auc"], "logloss": metrics["logloss"],
-                         "rows": metrics["rows"], "plan": plan}
+                         "rows": metrics["rows"], "plan": plan, "output_dists": dists}
     if rank == 0:
         Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()

@@ -33,6 +33,9 @@ def results(tiny_data, tmp_path_factory):
     # "fp32" case) are cast back to fp32 first, as before BF16KeptCommCodec.
     both = {"all": "table_wise", "comm": "bf16", "precision": "bf16"}
     cases.update({"bf16 dense and comm": both, "bf16 dense and comm, fp32 pooled": {**both, "pooled_fp32": True}})
+    # The same pooled embeddings through TorchRec's gloo all-to-all instead of shared memory.
+    cases.update({f"{name} via process group": {**cases[name], "exchange": "process_group"}
+                  for name in ("table_wise", "column_wise", "table_wise bf16")})
     return reference, _run(2, tmp, tiny_data, cases, "sharded")
 
 
@@ -78,3 +81,29 @@ def test_pooled_embeddings_kept_in_bf16_train_exactly_as_cast_back(results):
     assert kept["auc"] == cast_back["auc"]
     assert kept["losses"] != sharded["table_wise bf16"]["losses"]  # the dense layers really ran in bf16
     assert kept["losses"] == pytest.approx(reference["losses"], rel=2e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["table_wise", "column_wise"])
+def test_shared_memory_exchange_trains_exactly_as_the_process_group(results, case):
+    """train.cpu_exchange: shared memory (auto, on one host) and TorchRec's gloo
+    all-to-all move the same fp32 values and divide the same gradients by the world size:
+    the same losses and AUC to the bit."""
+    _, sharded = results
+    shm, gloo = sharded[case], sharded[f"{case} via process group"]
+    assert "SharedMemoryPooledDist" in shm["output_dists"]
+    assert "SharedMemoryPooledDist" not in gloo["output_dists"]
+    assert shm["losses"] == gloo["losses"]
+    assert shm["auc"] == gloo["auc"]
+
+
+@pytest.mark.slow
+def test_shared_memory_exchange_in_bf16_follows_the_process_group(results):
+    """In bf16 the shared-memory exchange rounds only what crosses to another rank (TorchRec's
+    codec also rounds each rank's own part): close to the gloo run, not the same bits."""
+    _, sharded = results
+    shm, gloo = sharded["table_wise bf16"], sharded["table_wise bf16 via process group"]
+    assert "SharedMemoryPooledDist" in shm["output_dists"]
+    assert shm["losses"] != gloo["losses"]
+    assert shm["losses"] == pytest.approx(gloo["losses"], rel=2e-3)
+    assert shm["auc"] == pytest.approx(gloo["auc"], abs=2e-3)

@@ -1,0 +1,443 @@
+"""Pooled embeddings exchanged through shared memory between the CPU ranks of one host.
+
+Table-wise (and column-wise) sharded tables send each rank's pooled embeddings to the ranks
+that own the samples: TorchRec's PooledEmbeddingsAllToAll, a gloo all-to-all on CPU. With
+every rank on one host, gloo still moves the bytes through loopback TCP on its own threads,
+and TorchRec adds passes of its own around the collective (the codec's casts, a copy into a
+send buffer, the concatenation of what arrives): on the benchmark DLRM (2 ranks x 1 thread,
+docs/benchmarks.md) about nine passes over the 3.4M exchanged values a step, forward and
+backward, on the same single core each rank computes with. Nothing in TorchRec or gloo
+exchanges them through shared memory, so it is done here, in the fewest passes: each rank
+casts the rows it owes a peer straight into its own shared-memory file, copies its own part
+straight into the output, and casts what its peers wrote straight into the output's columns
+(one pass over each value on each side, forward and backward alike).
+
+HostExchange is the transport: one /dev/shm file per rank (a header page and two slots),
+made, checked and unlinked collectively when the model is sharded, so nothing is left behind
+even when a process is killed. A lost peer is noticed within a fraction of a second (its
+lock on its file is released when its process dies; a peer that stops cleanly marks its
+header closed) and raises, as gloo does, for the launcher's restart to take over.
+SharedMemoryPooledDist is TorchRec's TwPooledEmbeddingDist over it, the same input and
+output (the output dists of a sharded EmbeddingBagCollection are swapped after sharding:
+TorchRec's sharders offer no hook to choose them), falling back to TorchRec's collective
+for what it does not cover (variable batch per feature, a batch larger than the slots).
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import mmap
+import os
+import platform
+import time
+import uuid
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from shardrec.embeddings.comm_codec import BF16CommCodec, BF16KeptCommCodec
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+from torchrec.distributed.comm_ops import get_gradient_division
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist
+from torchrec.distributed.types import NoWait
+
+log = logging.getLogger(__name__)
+
+# DDP's bucket size in TorchRec's DefaultDataParallelWrapper (bucket_cap_mb=25): the largest
+# all-reduce of dense gradients the slots are sized for (larger ones take the process group).
+DDP_BUCKET_BYTES = 25 << 20
+HEADER = 4096  # bytes: int64 [0] calls published, [1] closed, [2] nonce (the file is the one made for this group)
+_CALLS, _CLOSED, _NONCE = 0, 1, 2
+_OPEN: list[HostExchange] = []
+
+
+class PeerLost(RuntimeError):
+    """A peer rank stopped (exited, closed its exchange or timed out) during an exchange."""
+
+
+class HostExchange:
+    """All-to-all of byte blocks among the ranks of `pg`, all on this host, through one
+    shared-memory file per rank: a header page, then two slots of `capacity` bytes.
+
+    A call is collective (every rank makes the same calls in the same order, as with any
+    collective): rank r writes the block for each peer p into slot (call % 2) of its own
+    file, then publishes the call's number in its header; each rank then waits for every
+    peer's number and reads its block from the peer's file. A rank can only reach call
+    n + 2, which reuses slot n % 2, after every peer published n + 1, that is after every
+    peer finished reading call n: two slots need no further handshake. x86's total store
+    order keeps the block's stores visible before the number's (other CPUs: not offered).
+    """
+
+    def __init__(self, rank: int, world: int, capacity: int, timeout_s: float, maps: list[mmap.mmap],
+                 fds: list[int], paths: list[str]):
+        self.rank, self.world, self.capacity, self.timeout_s = rank, world, capacity, timeout_s
+        self.pg: dist.ProcessGroup | None = None  # set by open: what a fallback goes through
+        self.paths = paths  # the files' names while they were made (all unlinked by now)
+        self._maps, self._fds = maps, fds
+        self._headers = [np.frombuffer(m, dtype=np.int64, count=HEADER // 8) for m in maps]
+        self._data = [torch.frombuffer(m, dtype=torch.uint8) for m in maps]
+        self.calls = 0
+        self.closed = False
+
+    @classmethod
+    def open(cls, pg: dist.ProcessGroup, capacity: int, timeout_s: float) -> tuple[HostExchange | None, str]:
+        """Collective over `pg`: (the exchange, "") when every rank is on this host and can
+        map every rank's file, else (None, why not) on every rank."""
+        rank, world = pg.rank(), pg.size()
+        capacity = -(-capacity // 4096) * 4096
+        size = HEADER + 2 * capacity
+        token = [uuid.uuid4().hex if rank == 0 else None]
+        dist.broadcast_object_list(token, src=dist.get_global_rank(pg, 0), group=pg)
+        paths = [f"/dev/shm/shardrec-{token[0]}-{r}" for r in range(world)]
+        nonce = int(token[0][:15], 16)
+        fd, why = -1, ""
+        if platform.machine() not in ("x86_64", "AMD64"):
+            why = f"{platform.machine()} is not x86-64 (the exchange relies on its store order)"
+        elif not os.path.isdir("/dev/shm"):
+            why = "no /dev/shm"
+        else:
+            try:
+                fd = os.open(paths[rank], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held for life: peers see it released when this process dies
+                # Reserved now: a tmpfs that runs out of pages later would kill the process
+                # with SIGBUS on a write instead of raising here.
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                why = f"{paths[rank]}: {e.strerror or e} ({size * world / 2**20:.0f} MiB of /dev/shm needed)"
+        maps = [None] * world
+        fds = [-1] * world
+        try:
+            if not why:
+                maps[rank], fds[rank] = mmap.mmap(fd, size), fd
+                np.frombuffer(maps[rank], dtype=np.int64, count=3)[_NONCE] = nonce + rank
+            why = _first_reason(pg, why)
+            if not why:
+                for r in range(world):
+                    if r == rank:
+                        continue
+                    try:
+                        fds[r] = os.open(paths[r], os.O_RDWR)
+                        maps[r] = mmap.mmap(fds[r], size)
+                    except OSError as e:
+                        why = f"rank {r}'s {paths[r]} is not visible here ({e.strerror}): not on one host"
+                        break
+                    if np.frombuffer(maps[r], dtype=np.int64, count=3)[_NONCE] != nonce + r:
+                        why = f"rank {r}'s {paths[r]} holds another group's header"
+                        break
+                why = _first_reason(pg, why)  # also: every rank has mapped every file
+        finally:
+            if fd >= 0:
+                os.unlink(paths[rank])  # mapped everywhere (or given up): the name is not needed any more
+        if why:
+            for m, f in zip(maps, fds):
+                if m is not None:
+                    m.close()
+                if f >= 0:
+                    os.close(f)
+            return None, why
+        exchange = cls(rank, world, capacity, timeout_s, maps, fds, paths)
+        exchange.pg = pg
+        _OPEN.append(exchange)
+        return exchange, ""
+
+    def fits(self, nbytes: list[list[int]], shared: bool = False) -> bool:
+        """Whether a call sending nbytes[src][dst] bytes fits the slots (the same answer on
+        every rank, as nbytes is)."""
+        return max(max(row) if shared else sum(row) for row in nbytes) <= self.capacity
+
+    def exchange(self, nbytes: list[list[int]], write, read, local=None, shared: bool = False) -> None:
+        """One collective call: `write(p, block)` fills the uint8 block (nbytes[rank][p]) sent
+        to each peer p, `local()` runs while peers write, `read(p, block)` consumes the block
+        (nbytes[p][rank]) each peer p sent; the block stays valid until this rank's next call.
+        `shared`: every rank sends the same block to all (nbytes[src][dst] equal for all
+        dst), written once (`write(None, block)`). Needs fits(nbytes)."""
+        me, world = self.rank, self.world
+        if self.closed:
+            raise RuntimeError("the shared-memory exchange was closed")
+        self.calls += 1
+        base = HEADER + (self.calls % 2) * self.capacity
+        if shared:
+            write(None, self._data[me][base:base + nbytes[me][(me + 1) % world]])
+        else:
+            for p in range(world):
+                if p != me:
+                    start = base + sum(nbytes[me][:p])
+                    write(p, self._data[me][start:start + nbytes[me][p]])
+        self._headers[me][_CALLS] = self.calls
+        if local is not None:
+            local()
+        for step in range(1, world):
+            p = (me + step) % world  # each rank starts with the next one: fewer ranks read one file at once
+            self._wait(p)
+            start = base + (0 if shared else sum(nbytes[p][:me]))
+            read(p, self._data[p][start:start + nbytes[p][me]])
+
+    def _wait(self, peer: int) -> None:
+        header = self._headers[peer]
+        if header[_CALLS] >= self.calls:
+            return
+        # Spin first (a rank has a core of its own, and the peer is usually microseconds
+        # away), then yield the core, then sleep: ranks sharing cores must not starve each other.
+        began = time.monotonic()
+        check_at = began + 0.2
+        spins = 0
+        while header[_CALLS] < self.calls:
+            spins += 1
+            if spins < 2_000:
+                continue
+            if spins < 20_000:
+                os.sched_yield()
+            else:
+                time.sleep(0.0002)
+            now = time.monotonic()
+            if now >= check_at:
+                self._check(peer, now - began)
+                check_at = now + 0.2
+
+    def _check(self, peer: int, waited: float) -> None:
+        what = f"rank {self.rank} waited for rank {peer} in the shared-memory embedding exchange (call {self.calls})"
+        if self._headers[peer][_CALLS] >= self.calls:
+            return
+        if self._headers[peer][_CLOSED]:
+            raise PeerLost(f"{what}, but rank {peer} stopped")
+        try:
+            fcntl.flock(self._fds[peer], fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # still held: the peer's process is alive
+        else:
+            fcntl.flock(self._fds[peer], fcntl.LOCK_UN)
+            raise PeerLost(f"{what}, but rank {peer}'s process exited")
+        if waited > self.timeout_s:
+            raise PeerLost(f"{what} for {waited:.0f} s, past the process group's timeout")
+
+    def close(self) -> None:
+        """Tell the peers this rank takes no more calls and release the files (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._headers[self.rank][_CLOSED] = 1
+        self._headers, self._data = [], []
+        for m, f in zip(self._maps, self._fds):
+            try:
+                m.close()
+            except BufferError:  # a tensor still views it: the mapping goes with the process
+                pass
+            os.close(f)
+        if self in _OPEN:
+            _OPEN.remove(self)
+
+
+def close_all() -> None:
+    """Close every exchange this process opened (its peers stop waiting for it at once)."""
+    for exchange in list(_OPEN):
+        exchange.close()
+
+
+atexit.register(close_all)
+
+
+def _first_reason(pg: dist.ProcessGroup, why: str) -> str:
+    """Collective: the first non-empty reason any rank gives, "" if none."""
+    reasons: list = [None] * pg.size()
+    dist.all_gather_object(reasons, why, group=pg)
+    return next((f"rank {r}: {w}" for r, w in enumerate(reasons) if w), "")
+
+
+class SharedMemoryPooledDist(nn.Module):
+    """TorchRec's TwPooledEmbeddingDist (`original`) through a HostExchange: forward takes
+    this rank's tables' pooled embeddings for every rank's samples, (sum(B_r), D_me), rows
+    rank after rank, and returns (as an Awaitable) this rank's samples' embeddings from every
+    rank's tables, (B_me, sum(D_r)), columns rank after rank. Sent in `comm_dtype` (the
+    codec's bf16, or the embeddings' own dtype), returned in `out_dtype` (bf16 where the
+    codec keeps it so: BF16KeptCommCodec); gradients travel back in `grad_dtype`."""
+
+    def __init__(self, original: TwPooledEmbeddingDist, exchange: HostExchange, comm_dtype: torch.dtype | None,
+                 out_dtype: torch.dtype | None, grad_dtype: torch.dtype | None):
+        super().__init__()
+        self.fallback = original
+        self.exchange = exchange
+        self.dims = list(original._dim_sum_per_rank)
+        self.comm_dtype, self.out_dtype, self.grad_dtype = comm_dtype, out_dtype, grad_dtype
+
+    def forward(self, local_embs: torch.Tensor, sharding_ctx=None):
+        world = self.exchange.world
+        if sharding_ctx is not None and sharding_ctx.variable_batch_per_feature:
+            return self.fallback(local_embs, sharding_ctx)
+        batches = list(sharding_ctx.batch_size_per_rank) if sharding_ctx is not None else []
+        if not batches:
+            batches = [local_embs.shape[0] // world] * world
+        dtype = local_embs.dtype
+        sizes = _Sizes(batches, self.dims, self.exchange.rank,
+                       torch.empty((), dtype=self.comm_dtype or dtype).element_size(),
+                       torch.empty((), dtype=self.grad_dtype or dtype).element_size())
+        if not (self.exchange.fits(sizes.forward) and self.exchange.fits(sizes.backward)):
+            return self.fallback(local_embs, sharding_ctx)  # the same choice on every rank: sizes are global
+        done = NoWait(_PooledAllToAll.apply(local_embs, self, sizes))
+        done.callbacks.extend(self.fallback._callbacks or [])  # column-wise: the columns' permutation
+        return done
+
+
+class _Sizes:
+    """Rows (batches) and columns (dims) per rank, their offsets, and the bytes each rank
+    sends each other rank forward (embeddings: B_dst x D_src) and backward (gradients:
+    B_src x D_dst)."""
+
+    def __init__(self, batches: list[int], dims: list[int], me: int, comm_size: int, grad_size: int):
+        self.batches, self.dims, self.me = batches, dims, me
+        self.rows = [sum(batches[:r]) for r in range(len(batches))]
+        self.cols = [sum(dims[:r]) for r in range(len(dims))]
+        n = range(len(batches))
+        self.forward = [[0 if s == d else batches[d] * dims[s] * comm_size for d in n] for s in n]
+        self.backward = [[0 if s == d else batches[s] * dims[d] * grad_size for d in n] for s in n]
+
+
+class _PooledAllToAll(torch.autograd.Function):
+    """(sum(B_r), D_me) -> (B_me, sum(D_r)) through the exchange; backward the reverse."""
+
+    @staticmethod
+    def forward(ctx, local_embs: torch.Tensor, owner: SharedMemoryPooledDist, s: _Sizes) -> torch.Tensor:
+        ctx.owner, ctx.sizes, ctx.in_dtype = owner, s, local_embs.dtype
+        me, dims, b = s.me, s.dims, s.batches
+        comm = owner.comm_dtype or local_embs.dtype
+        out = torch.empty(b[me], sum(dims), dtype=owner.out_dtype or local_embs.dtype)
+
+        def write(p, block):
+            block.view(comm).view(b[p], dims[me]).copy_(local_embs[s.rows[p]:s.rows[p] + b[p]])
+
+        def local():
+            out[:, s.cols[me]:s.cols[me] + dims[me]].copy_(local_embs[s.rows[me]:s.rows[me] + b[me]])
+
+        def read(p, block):
+            out[:, s.cols[p]:s.cols[p] + dims[p]].copy_(block.view(comm).view(b[me], dims[p]))
+
+        owner.exchange.exchange(s.forward, write, read, local)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        owner, s = ctx.owner, ctx.sizes
+        me, dims, b = s.me, s.dims, s.batches
+        comm = owner.grad_dtype or grad.dtype
+        grad_in = torch.empty(sum(b), dims[me], dtype=ctx.in_dtype)
+        # TorchRec's all-to-all backward divides the tables' gradients by the world size
+        # (unless turned off): the dense gradients are averaged by DDP, these are summed.
+        divisor = len(b) if get_gradient_division() else 1
+
+        def move(source: torch.Tensor, target: torch.Tensor) -> None:
+            # Into the target rows with the division on the way where the dtypes match (one
+            # pass); across dtypes ATen's division is slower than a cast and then an in-place
+            # division of the contiguous rows (0.96 against 0.75 ms for 1.7M bf16 values).
+            if divisor == 1:
+                target.copy_(source)
+            elif source.dtype == target.dtype:
+                torch.div(source, divisor, out=target)
+            else:
+                target.copy_(source).div_(divisor)
+
+        def write(p, block):
+            block.view(comm).view(b[me], dims[p]).copy_(grad[:, s.cols[p]:s.cols[p] + dims[p]])
+
+        def local():
+            move(grad[:, s.cols[me]:s.cols[me] + dims[me]], grad_in[s.rows[me]:s.rows[me] + b[me]])
+
+        def read(p, block):
+            move(block.view(comm).view(b[p], dims[me]), grad_in[s.rows[p]:s.rows[p] + b[p]])
+
+        owner.exchange.exchange(s.backward, write, read, local)
+        return grad_in, None, None
+
+
+def _codec_dtypes(d: TwPooledEmbeddingDist) -> tuple[torch.dtype | None, torch.dtype | None, torch.dtype | None] | None:
+    """(comm, out, grad) dtypes of a dist's codecs (None: the tensors' own), or None for a
+    codec this exchange does not reproduce."""
+    codecs = d._codecs
+    if codecs is None:
+        return None, None, None
+    fwd, bwd = codecs.forward, codecs.backward
+    if not (isinstance(fwd, BF16CommCodec) and isinstance(bwd, BF16CommCodec)):
+        return None
+    return torch.bfloat16, torch.bfloat16 if isinstance(fwd, BF16KeptCommCodec) else None, torch.bfloat16
+
+
+def allreduce_hook(exchange, bucket):  # no annotations: DDP compares them with its classes, not strings
+    """DDP communication hook (HostExchange, dist.GradBucket) -> Future of the bucket's
+    gradients, averaged over the ranks through the
+    exchange. Each rank writes its bucket once and reads every peer's; sums go in rank
+    order (for 2 ranks either order: a + b == b + a), so every rank gets the same bits.
+    A bucket too large for the slots goes through DDP's own all-reduce hook instead."""
+    grads = bucket.buffer()
+    world, me = exchange.world, exchange.rank
+    size = grads.numel() * grads.element_size()
+    nbytes = [[0 if src == dst else size for dst in range(world)] for src in range(world)]
+    if not exchange.fits(nbytes, shared=True):
+        return default_hooks.allreduce_hook(exchange.pg, bucket)
+    parts: dict[int, torch.Tensor] = {}
+
+    def write(_, block):
+        block.view(grads.dtype).copy_(grads)
+
+    def read(p, block):
+        parts[p] = block.view(grads.dtype)
+
+    exchange.exchange(nbytes, write, read, shared=True)
+    if world == 2:
+        grads.add_(parts[1 - me])
+    else:
+        total = (grads if me == 0 else parts[0]).clone()
+        for r in range(1, world):
+            total.add_(grads if r == me else parts[r])
+        grads.copy_(total)
+    grads.div_(world)
+    done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    done.set_result(grads)
+    return done
+
+
+def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: float, required: bool = False) -> str:
+    """Collective: when every rank of the default group is on this host, send the pooled
+    embeddings of `model` (a DMP-sharded model on CPU; its table-wise and column-wise
+    all-to-alls) and its dense gradients (DDP's all-reduce) through a HostExchange, its slots
+    sized for `batch_size` samples a rank and the dense gradients. Returns "" when done (or
+    there was nothing to exchange), else why not (raised instead when `required`)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return ""
+    pg = dist.distributed_c10d._get_default_group()
+    world = pg.size()
+    targets = []
+    for module in model.modules():
+        if isinstance(module, ShardedEmbeddingBagCollection):
+            for i, d in enumerate(module._output_dists):
+                if type(d) is TwPooledEmbeddingDist and d._pg is pg and _codec_dtypes(d) is not None:
+                    targets.append((module, i, d))
+    ddp = getattr(model, "_dmp_wrapped_module", None)
+    ddp = ddp if isinstance(ddp, DistributedDataParallel) and ddp.process_group is pg else None
+    if not targets and ddp is None:
+        return ""
+    capacity = 0
+    for _, _, d in targets:
+        dims = d._dim_sum_per_rank
+        # fp32 (the widest either way): the rows each peer needs forward, or the columns backward.
+        capacity = max(capacity, batch_size * 4 * max(max((world - 1) * x, sum(dims) - x) for x in dims))
+    if ddp is not None:
+        # What DDP all-reduces: not the sharded tables' parameters, which differ by rank.
+        dense = sum(p.numel() * p.element_size() for name, p in ddp.module.named_parameters()
+                    if p.requires_grad and name not in ddp.parameters_to_ignore)
+        capacity = max(capacity, min(dense, DDP_BUCKET_BYTES))
+    exchange, why = HostExchange.open(pg, capacity, timeout_s)
+    if exchange is None:
+        if required:
+            from shardrec.configs.errors import UserError
+
+            raise UserError(f"config key 'train.cpu_exchange': shared_memory is not possible here: {why}")
+        log.info("ranks exchange through the process group: %s", why)
+        return why
+    for module, i, d in targets:
+        module._output_dists[i] = SharedMemoryPooledDist(d, exchange, *_codec_dtypes(d))
+    if ddp is not None:
+        ddp.register_comm_hook(exchange, allreduce_hook)
+    return ""
