@@ -71,12 +71,17 @@ def by_thread(step: Callable[[], object], steps: int, rank: int) -> None:
     """Wall and per-thread CPU milliseconds a step over `steps` unprofiled steps. The kernel
     counts CPU time in clock ticks (10 ms at the usual 100 Hz): time enough steps for that
     to vanish (40 steps of the bench shape: 0.25 ms a step)."""
+    from shardrec.embeddings.host_exchange import _OPEN as exchanges
+
+    waited = sum(e.waited_s for e in exchanges)
     before, start = thread_cpu_seconds(), time.perf_counter()
     for _ in range(steps):
         step()
     wall, after = time.perf_counter() - start, thread_cpu_seconds()
     used = {key: 1e3 * (cpu - before.get(key, 0.0)) / steps for key, cpu in after.items()}
-    lines = [f"rank {rank}: {1e3 * wall / steps:.1f} ms a step (wall), {sum(used.values()):.1f} ms of CPU",
+    waited = sum(e.waited_s for e in exchanges) - waited
+    lines = [f"rank {rank}: {1e3 * wall / steps:.1f} ms a step (wall), {sum(used.values()):.1f} ms of CPU"
+             + (f", {1e3 * waited / steps:.1f} ms waiting for peers in shared memory" if exchanges else ""),
              "| thread | CPU ms/step |", "| --- | ---: |"]
     lines += [f"| {name} ({tid}) | {ms:.1f} |" for (tid, name), ms in sorted(used.items(), key=lambda kv: -kv[1])
               if ms >= 0.1]
@@ -102,10 +107,12 @@ def main() -> None:
     args = p.parse_args()
     quiet_libraries()
     schema = bench_schema(args.rows)
-    batches = make_batches(args.warmup + args.steps, args.batch, args.rows, len(schema.sparse))
     cfg = shardrec_config(args.batch, args.dim, [f"--train.precision={args.precision}", f"--train.num_threads={args.threads}",
                                                  *(f"--{o}" for o in args.set)])
     env = init_distributed()
+    # Each rank its own samples (as bench_train.py's rank workers): with the same ids on every
+    # rank, a table's owner would update half the distinct rows a real step updates.
+    batches = make_batches(args.warmup + args.steps, args.batch, args.rows, len(schema.sparse), seed=env.rank)
     try:
         set_up_process(cfg, env)  # as `shardrec train`: threads, cores, allocator
         model, optimizer = build_sharded_task(schema, cfg, env)

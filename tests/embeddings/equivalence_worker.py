@@ -110,9 +110,10 @@ def worker(rank: int, world_size: int, init_file: str, data_dir: str, init_ckpt:
                              world_size=world_size, drop_last=False, prefetch_batches=0)
         metrics = evaluate(model, reader, env.device)
         plan = {t: p.sharding_type for m in model.plan.plan.values() for t, p in m.items()}
-        dists = sorted({type(d).__name__ for m in model.modules() for d in getattr(m, "_output_dists", [])})
+        dists = sorted({type(d).__name__ for m in model.modules()
+                        for d in [*getattr(m, "_output_dists", []), *getattr(m, "_input_dists", [])]})
         results[name] = {"losses": losses, "auc": metrics["auc"], "logloss": metrics["logloss"],
-                         "rows": metrics["rows"], "plan": plan, "output_dists": dists}
+                         "rows": metrics["rows"], "plan": plan, "dists": dists}
     if rank == 0:
         Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()

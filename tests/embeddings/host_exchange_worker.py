@@ -17,8 +17,10 @@ from shardrec.embeddings.host_exchange import (
     allreduce_hook,
     close_all,
 )
+from shardrec.embeddings.shm_features_dist import SharedMemoryFeaturesDist
 from torchrec.distributed.embedding_sharding import EmbeddingShardingContext
-from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist
+from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist, TwSparseFeaturesDist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 DIMS = [3, 1, 5]  # columns of each rank's tables
 
@@ -136,5 +138,42 @@ def dense_gradients(rank: int, world: int, init_file: str, out: str) -> None:
     Path(f"{out}.{rank}").write_text(json.dumps({
         "max_diff": float((grads[0] - grads[1]).abs().max()), "scale": float(grads[0].abs().max()),
         "same_on_all_ranks": all(torch.equal(everyone[0], g) for g in everyone), "calls": exchange.calls}))
+    close_all()
+    dist.destroy_process_group()
+
+
+def features(rank: int, world: int, init_file: str, out: str) -> None:
+    """TorchRec's TwSparseFeaturesDist and SharedMemoryFeaturesDist on the same KJTs (keys
+    f0..f4 owned 2/1/2 by the ranks; uneven batches, empty bags, weights or not): whether
+    the received KJTs and the batch sizes TorchRec's sharded module reads are the same."""
+    pg = _init(rank, world, init_file)
+    exchange, why = HostExchange.open(pg, 1 << 16, timeout_s=60)
+    assert exchange is not None, why
+    splits = [2, 1, 2][:world]
+    keys = [f"f{i}" for i in range(sum(splits))]
+    reference = TwSparseFeaturesDist(pg, splits)
+    ours = SharedMemoryFeaturesDist(TwSparseFeaturesDist(pg, splits), exchange)
+    cases = []
+    for batches, weighted in (([3, 3, 3], False), ([4, 1, 2], True), ([2, 0, 5], False), ([3000, 3000, 3000], False)):
+        gen = torch.Generator().manual_seed(10 * rank + batches[0])
+        stride = batches[rank]
+        lengths = torch.randint(0, 4, (len(keys) * stride,), generator=gen, dtype=torch.int32)
+        values = torch.randint(0, 1000, (int(lengths.sum()),), generator=gen)
+        weights = torch.rand(values.numel(), generator=gen) if weighted else None
+        kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, weights=weights, stride=stride)
+        calls = exchange.calls
+        got = []
+        for d in (reference, ours):
+            inner = d(kjt).wait()
+            received = inner.wait()
+            got.append((received, inner._stride_per_rank))
+        (a, sa), (b, sb) = got
+        cases.append({"batches": batches[:world], "calls": exchange.calls - calls, "strides": [sa, sb],
+                      "keys": a.keys() == b.keys(), "stride": a.stride() == b.stride(),
+                      "lengths": torch.equal(a.lengths(), b.lengths()),
+                      "values": torch.equal(a.values(), b.values()),
+                      "weights": (a.weights_or_none() is None and b.weights_or_none() is None)
+                      or torch.equal(a.weights(), b.weights())})
+    Path(f"{out}.{rank}").write_text(json.dumps({"cases": cases}))
     close_all()
     dist.destroy_process_group()

@@ -87,12 +87,12 @@ def test_pooled_embeddings_kept_in_bf16_train_exactly_as_cast_back(results):
 @pytest.mark.parametrize("case", ["table_wise", "column_wise"])
 def test_shared_memory_exchange_trains_exactly_as_the_process_group(results, case):
     """train.cpu_exchange: shared memory (auto, on one host) and TorchRec's gloo
-    all-to-all move the same fp32 values and divide the same gradients by the world size:
-    the same losses and AUC to the bit."""
+    all-to-alls move the same features and fp32 embeddings, divide the same gradients by the
+    world size and average the same dense gradients: the same losses and AUC to the bit."""
     _, sharded = results
     shm, gloo = sharded[case], sharded[f"{case} via process group"]
-    assert "SharedMemoryPooledDist" in shm["output_dists"]
-    assert "SharedMemoryPooledDist" not in gloo["output_dists"]
+    assert {"SharedMemoryPooledDist", "SharedMemoryFeaturesDist"} <= set(shm["dists"])
+    assert not {"SharedMemoryPooledDist", "SharedMemoryFeaturesDist"} & set(gloo["dists"])
     assert shm["losses"] == gloo["losses"]
     assert shm["auc"] == gloo["auc"]
 
@@ -103,7 +103,7 @@ def test_shared_memory_exchange_in_bf16_follows_the_process_group(results):
     codec also rounds each rank's own part): close to the gloo run, not the same bits."""
     _, sharded = results
     shm, gloo = sharded["table_wise bf16"], sharded["table_wise bf16 via process group"]
-    assert "SharedMemoryPooledDist" in shm["output_dists"]
+    assert "SharedMemoryPooledDist" in shm["dists"]
     assert shm["losses"] != gloo["losses"]
     assert shm["losses"] == pytest.approx(gloo["losses"], rel=2e-3)
     assert shm["auc"] == pytest.approx(gloo["auc"], abs=2e-3)

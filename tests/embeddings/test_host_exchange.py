@@ -65,3 +65,15 @@ def test_dense_gradients_average_like_ddps_all_reduce(tmp_path, world):
         assert got["calls"] >= 2  # buckets that fit went through shared memory (the 16 KiB layer does not)
         # 2 ranks: the same bits as gloo ((a + b) / 2 either way); 3: the same up to rounding.
         assert got["max_diff"] <= (0 if world == 2 else 1e-6 * got["scale"]), got
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_same_features_as_torchrecs_kjt_all_to_all(tmp_path, world):
+    mp.spawn(workers.features, args=(world, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=world)
+    for got in _results(tmp_path, world):
+        for case in got["cases"]:
+            assert all(case[k] for k in ("keys", "stride", "lengths", "values", "weights")), case
+            assert case["strides"][0] == case["strides"][1] == case["batches"], case
+            # Two shared-memory calls (sizes, then data), or only the sizes for a batch too
+            # large for the 64 KiB slots (then TorchRec's all-to-all).
+            assert case["calls"] == (1 if max(case["batches"]) == 3000 else 2), case
