@@ -1,4 +1,5 @@
-"""Pooled embeddings exchanged through shared memory between the CPU ranks of one host.
+"""Sparse features, pooled embeddings and dense gradients exchanged through shared memory
+between the CPU ranks of one host.
 
 Table-wise (and column-wise) sharded tables send each rank's pooled embeddings to the ranks
 that own the samples: TorchRec's PooledEmbeddingsAllToAll, a gloo all-to-all on CPU. With
@@ -12,15 +13,18 @@ casts the rows it owes a peer straight into its own shared-memory file, copies i
 straight into the output, and casts what its peers wrote straight into the output's columns
 (one pass over each value on each side, forward and backward alike).
 
-HostExchange is the transport: one /dev/shm file per rank (a header page and two slots),
-made, checked and unlinked collectively when the model is sharded, so nothing is left behind
-even when a process is killed. A lost peer is noticed within a fraction of a second (its
-lock on its file is released when its process dies; a peer that stops cleanly marks its
-header closed) and raises, as gloo does, for the launcher's restart to take over.
-SharedMemoryPooledDist is TorchRec's TwPooledEmbeddingDist over it, the same input and
-output (the output dists of a sharded EmbeddingBagCollection are swapped after sharding:
-TorchRec's sharders offer no hook to choose them), falling back to TorchRec's collective
-for what it does not cover (variable batch per feature, a batch larger than the slots).
+HostExchange here is the transport: one /dev/shm file per rank (a header page and two
+slots), made, checked and unlinked collectively when the model is sharded, so nothing is left
+behind even when a process is killed. A lost peer is noticed within a fraction of a second
+(its lock on its file is released when its process dies; a peer that stops cleanly marks its
+header closed) and raises, as gloo does, for the launcher's restart to take over. Over it,
+with the same inputs and outputs as the TorchRec modules they stand in for:
+- shm_features_dist.py: the sparse features' all-to-all (TwSparseFeaturesDist);
+- shm_pooled_dist.py: the pooled embeddings' all-to-all (TwPooledEmbeddingDist);
+- shm_allreduce.py: DDP's all-reduce of the dense gradients (a communication hook).
+use_shared_memory_exchange swaps them into a sharded model (TorchRec's sharders offer no hook
+to choose a sharded module's dists); each falls back to TorchRec's collective for what it does
+not cover (variable batch per feature, a batch larger than the slots).
 """
 
 from __future__ import annotations
@@ -37,14 +41,13 @@ import uuid
 import numpy as np
 import torch
 import torch.distributed as dist
-from shardrec.embeddings.comm_codec import BF16CommCodec, BF16KeptCommCodec
+from shardrec.embeddings.shm_allreduce import allreduce_hook
+from shardrec.embeddings.shm_features_dist import SharedMemoryFeaturesDist
+from shardrec.embeddings.shm_pooled_dist import SharedMemoryPooledDist, codec_dtypes
 from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
-from torchrec.distributed.comm_ops import get_gradient_division
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist, TwSparseFeaturesDist
-from torchrec.distributed.types import NoWait
 
 log = logging.getLogger(__name__)
 
@@ -250,159 +253,6 @@ def _first_reason(pg: dist.ProcessGroup, why: str) -> str:
     return next((f"rank {r}: {w}" for r, w in enumerate(reasons) if w), "")
 
 
-class SharedMemoryPooledDist(nn.Module):
-    """TorchRec's TwPooledEmbeddingDist (`original`) through a HostExchange: forward takes
-    this rank's tables' pooled embeddings for every rank's samples, (sum(B_r), D_me), rows
-    rank after rank, and returns (as an Awaitable) this rank's samples' embeddings from every
-    rank's tables, (B_me, sum(D_r)), columns rank after rank. Sent in `comm_dtype` (the
-    codec's bf16, or the embeddings' own dtype), returned in `out_dtype` (bf16 where the
-    codec keeps it so: BF16KeptCommCodec); gradients travel back in `grad_dtype`."""
-
-    def __init__(self, original: TwPooledEmbeddingDist, exchange: HostExchange, comm_dtype: torch.dtype | None,
-                 out_dtype: torch.dtype | None, grad_dtype: torch.dtype | None):
-        super().__init__()
-        self.fallback = original
-        self.exchange = exchange
-        self.dims = list(original._dim_sum_per_rank)
-        self.comm_dtype, self.out_dtype, self.grad_dtype = comm_dtype, out_dtype, grad_dtype
-
-    def forward(self, local_embs: torch.Tensor, sharding_ctx=None):
-        world = self.exchange.world
-        if sharding_ctx is not None and sharding_ctx.variable_batch_per_feature:
-            return self.fallback(local_embs, sharding_ctx)
-        batches = list(sharding_ctx.batch_size_per_rank) if sharding_ctx is not None else []
-        if not batches:
-            batches = [local_embs.shape[0] // world] * world
-        dtype = local_embs.dtype
-        sizes = _Sizes(batches, self.dims, self.exchange.rank,
-                       torch.empty((), dtype=self.comm_dtype or dtype).element_size(),
-                       torch.empty((), dtype=self.grad_dtype or dtype).element_size())
-        if not (self.exchange.fits(sizes.forward) and self.exchange.fits(sizes.backward)):
-            return self.fallback(local_embs, sharding_ctx)  # the same choice on every rank: sizes are global
-        done = NoWait(_PooledAllToAll.apply(local_embs, self, sizes))
-        done.callbacks.extend(self.fallback._callbacks or [])  # column-wise: the columns' permutation
-        return done
-
-
-class _Sizes:
-    """Rows (batches) and columns (dims) per rank, their offsets, and the bytes each rank
-    sends each other rank forward (embeddings: B_dst x D_src) and backward (gradients:
-    B_src x D_dst)."""
-
-    def __init__(self, batches: list[int], dims: list[int], me: int, comm_size: int, grad_size: int):
-        self.batches, self.dims, self.me = batches, dims, me
-        self.rows = [sum(batches[:r]) for r in range(len(batches))]
-        self.cols = [sum(dims[:r]) for r in range(len(dims))]
-        n = range(len(batches))
-        self.forward = [[0 if s == d else batches[d] * dims[s] * comm_size for d in n] for s in n]
-        self.backward = [[0 if s == d else batches[s] * dims[d] * grad_size for d in n] for s in n]
-
-
-class _PooledAllToAll(torch.autograd.Function):
-    """(sum(B_r), D_me) -> (B_me, sum(D_r)) through the exchange; backward the reverse."""
-
-    @staticmethod
-    def forward(ctx, local_embs: torch.Tensor, owner: SharedMemoryPooledDist, s: _Sizes) -> torch.Tensor:
-        ctx.owner, ctx.sizes, ctx.in_dtype = owner, s, local_embs.dtype
-        me, dims, b = s.me, s.dims, s.batches
-        comm = owner.comm_dtype or local_embs.dtype
-        out = torch.empty(b[me], sum(dims), dtype=owner.out_dtype or local_embs.dtype)
-
-        def write(p, block):
-            block.view(comm).view(b[p], dims[me]).copy_(local_embs[s.rows[p]:s.rows[p] + b[p]])
-
-        def local():
-            out[:, s.cols[me]:s.cols[me] + dims[me]].copy_(local_embs[s.rows[me]:s.rows[me] + b[me]])
-
-        def read(p, block):
-            out[:, s.cols[p]:s.cols[p] + dims[p]].copy_(block.view(comm).view(b[me], dims[p]))
-
-        owner.exchange.exchange(s.forward, write, read, local)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        owner, s = ctx.owner, ctx.sizes
-        me, dims, b = s.me, s.dims, s.batches
-        comm = owner.grad_dtype or grad.dtype
-        grad_in = torch.empty(sum(b), dims[me], dtype=ctx.in_dtype)
-        # TorchRec's all-to-all backward divides the tables' gradients by the world size
-        # (unless turned off): the dense gradients are averaged by DDP, these are summed.
-        divisor = len(b) if get_gradient_division() else 1
-        # Dividing by a power of two is exact in any float format, so with gradients already
-        # in the exchanged dtype the sender divides on its way into shared memory (a same-dtype
-        # pass, as fast as the copy) and the receiver only copies. Otherwise the receiver
-        # divides: across dtypes ATen's division is slower than a cast followed by an
-        # in-place division of the contiguous rows (0.96 against 0.75 ms for 1.7M values).
-        early = divisor > 1 and divisor & (divisor - 1) == 0 and grad.dtype == comm
-
-        def move(source: torch.Tensor, target: torch.Tensor, scale: bool) -> None:
-            if not scale or divisor == 1:
-                target.copy_(source)
-            elif source.dtype == target.dtype:
-                torch.div(source, divisor, out=target)
-            else:
-                target.copy_(source).div_(divisor)
-
-        def write(p, block):
-            move(grad[:, s.cols[p]:s.cols[p] + dims[p]], block.view(comm).view(b[me], dims[p]), early)
-
-        def local():
-            move(grad[:, s.cols[me]:s.cols[me] + dims[me]], grad_in[s.rows[me]:s.rows[me] + b[me]], True)
-
-        def read(p, block):
-            move(block.view(comm).view(b[p], dims[me]), grad_in[s.rows[p]:s.rows[p] + b[p]], not early)
-
-        owner.exchange.exchange(s.backward, write, read, local)
-        return grad_in, None, None
-
-
-def _codec_dtypes(d: TwPooledEmbeddingDist) -> tuple[torch.dtype | None, torch.dtype | None, torch.dtype | None] | None:
-    """(comm, out, grad) dtypes of a dist's codecs (None: the tensors' own), or None for a
-    codec this exchange does not reproduce."""
-    codecs = d._codecs
-    if codecs is None:
-        return None, None, None
-    fwd, bwd = codecs.forward, codecs.backward
-    if not (isinstance(fwd, BF16CommCodec) and isinstance(bwd, BF16CommCodec)):
-        return None
-    return torch.bfloat16, torch.bfloat16 if isinstance(fwd, BF16KeptCommCodec) else None, torch.bfloat16
-
-
-def allreduce_hook(exchange, bucket):  # no annotations: DDP compares them with its classes, not strings
-    """DDP communication hook (HostExchange, dist.GradBucket) -> Future of the bucket's
-    gradients, averaged over the ranks through the
-    exchange. Each rank writes its bucket once and reads every peer's; sums go in rank
-    order (for 2 ranks either order: a + b == b + a), so every rank gets the same bits.
-    A bucket too large for the slots goes through DDP's own all-reduce hook instead."""
-    grads = bucket.buffer()
-    world, me = exchange.world, exchange.rank
-    size = grads.numel() * grads.element_size()
-    nbytes = [[0 if src == dst else size for dst in range(world)] for src in range(world)]
-    if not exchange.fits(nbytes, shared=True):
-        return default_hooks.allreduce_hook(exchange.pg, bucket)
-    parts: dict[int, torch.Tensor] = {}
-
-    def write(_, block):
-        block.view(grads.dtype).copy_(grads)
-
-    def read(p, block):
-        parts[p] = block.view(grads.dtype)
-
-    exchange.exchange(nbytes, write, read, shared=True)
-    if world == 2:
-        grads.add_(parts[1 - me])
-    else:
-        total = (grads if me == 0 else parts[0]).clone()
-        for r in range(1, world):
-            total.add_(grads if r == me else parts[r])
-        grads.copy_(total)
-    grads.div_(world)
-    done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    done.set_result(grads)
-    return done
-
-
 def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: float, required: bool = False) -> str:
     """Collective: when every rank of the default group is on this host, send the pooled
     embeddings of `model` (a DMP-sharded model on CPU; its table-wise and column-wise
@@ -417,7 +267,7 @@ def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: flo
     for module in model.modules():
         if isinstance(module, ShardedEmbeddingBagCollection):
             for i, d in enumerate(module._output_dists):
-                if type(d) is TwPooledEmbeddingDist and d._pg is pg and _codec_dtypes(d) is not None:
+                if type(d) is TwPooledEmbeddingDist and d._pg is pg and codec_dtypes(d) is not None:
                     targets.append((module, i, d))
     ddp = getattr(model, "_dmp_wrapped_module", None)
     ddp = ddp if isinstance(ddp, DistributedDataParallel) and ddp.process_group is pg else None
@@ -442,7 +292,7 @@ def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: flo
         log.info("ranks exchange through the process group: %s", why)
         return why
     for module, i, d in targets:
-        module._output_dists[i] = SharedMemoryPooledDist(d, exchange, *_codec_dtypes(d))
+        module._output_dists[i] = SharedMemoryPooledDist(d, exchange, *codec_dtypes(d))
     for module in {id(m): m for m, _, _ in targets}.values():
         _swap_input_dists_when_made(module, exchange, pg)
     if ddp is not None:
@@ -455,8 +305,6 @@ def _swap_input_dists_when_made(module: ShardedEmbeddingBagCollection, exchange:
     """Send `module`'s table-wise sparse features through `exchange` (SharedMemoryFeaturesDist).
     TorchRec makes a sharded module's input dists at its first batch (they depend on the
     order of the batch's features), so the swap follows the making."""
-    from shardrec.embeddings.shm_features_dist import SharedMemoryFeaturesDist
-
     def swap() -> None:
         for i, d in enumerate(module._input_dists):
             if type(d) is TwSparseFeaturesDist and d._dist._pg is pg:

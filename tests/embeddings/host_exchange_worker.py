@@ -10,14 +10,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from shardrec.embeddings.host_exchange import (
-    HostExchange,
-    PeerLost,
-    SharedMemoryPooledDist,
-    allreduce_hook,
-    close_all,
-)
+from shardrec.embeddings.host_exchange import HostExchange, PeerLost, close_all
+from shardrec.embeddings.shm_allreduce import allreduce_hook
 from shardrec.embeddings.shm_features_dist import SharedMemoryFeaturesDist
+from shardrec.embeddings.shm_pooled_dist import SharedMemoryPooledDist
 from torchrec.distributed.embedding_sharding import EmbeddingShardingContext
 from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist, TwSparseFeaturesDist
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
