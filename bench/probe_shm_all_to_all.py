@@ -16,7 +16,9 @@ A measurement, not a transport to train with: it has no timeout on a lost peer b
 fixed minute, two buffers of 64 MiB, ranks on one host only, and it keeps TorchRec's own copies
 (the send-buffer copy, the concatenations, the codec's casts) that a real shared-memory
 exchange would fuse into its reads and writes. Results: docs/benchmarks.md, "The ATen
-row-wise AdaGrad update", at its end.
+row-wise AdaGrad update", at its end. The exchange shardrec trains with, built from what this
+probe measured: embeddings/host_exchange.py (`train.cpu_exchange`); the probe runs TorchRec's
+collectives (`train.cpu_exchange=process_group`), whose transport it replaces.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def main() -> None:
         batches = make_batches(8, 2048, 100_000, seed=env.rank)
         step = shardrec_step(bench_schema(100_000), batches, 2048, env,
                              ["--train.num_threads=1", f"--embeddings.comm_precision={args.comm_precision}",
+                              "--train.cpu_exchange=process_group",
                               *variant_overrides(args.precision, "fp32")], set_up=True)
         for _ in range(args.warmup):
             step()

@@ -246,11 +246,11 @@ class TrainConfig:
     # Timeout of the process group's collectives, in minutes: a rank that waits longer for
     # a lost peer fails, so torchrun or Ray can restart the job (gloo's own default is 30).
     pg_timeout_minutes: PosFloat = 10.0
-    # How CPU ranks exchange pooled embeddings (the all-to-alls of table- and column-wise
-    # tables) and dense gradients (DDP's all-reduce): "shared_memory" through files in
-    # /dev/shm, when every rank is on one host (embeddings/host_exchange.py: fewer passes over
-    # the data than gloo's loopback TCP; 2 ranks x 1 thread 1.5-1.7x one rank against
-    # 1.3-1.5x, docs/benchmarks.md), "process_group" through gloo, "auto" shared memory
+    # How CPU ranks exchange sparse features and pooled embeddings (the all-to-alls of table-
+    # and column-wise tables) and dense gradients (DDP's all-reduce): "shared_memory" through
+    # files in /dev/shm, when every rank is on one x86-64 host (embeddings/host_exchange.py:
+    # fewer passes over the data than gloo's loopback TCP; 2 ranks x 1 thread 1.73x one rank
+    # against 1.41x, docs/benchmarks.md), "process_group" through gloo, "auto" shared memory
     # where possible, else the process group. GPUs always use the process group.
     cpu_exchange: Literal["auto", "shared_memory", "process_group"] = "auto"
     # Early stopping on a validation metric (see EarlyStoppingConfig).
