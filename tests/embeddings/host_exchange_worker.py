@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -10,7 +11,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from shardrec.embeddings.host_exchange import HostExchange, PeerLost, close_all
+from shardrec.configs.errors import UserError
+from shardrec.embeddings.host_exchange import (
+    HostExchange,
+    PeerLost,
+    close_all,
+    use_shared_memory_exchange,
+)
 from shardrec.embeddings.shm_allreduce import allreduce_hook
 from shardrec.embeddings.shm_features_dist import SharedMemoryFeaturesDist
 from shardrec.embeddings.shm_pooled_dist import SharedMemoryPooledDist
@@ -105,7 +112,20 @@ def refused(rank: int, world: int, init_file: str, out: str) -> None:
     if rank == 1:
         platform.machine = lambda: "aarch64"
     exchange, why = HostExchange.open(pg, 4096, timeout_s=60)
-    Path(f"{out}.{rank}").write_text(json.dumps({"exchange": exchange is not None, "why": why}))
+    # What train.cpu_exchange makes of it: auto goes on through the process group (the reason
+    # returned), shared_memory stops with the reason.
+    model = torch.nn.Module()
+    model._dmp_wrapped_module = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+    auto = use_shared_memory_exchange(model, 8, timeout_s=60)
+    try:
+        use_shared_memory_exchange(model, 8, timeout_s=60, required=True)
+        required = ""
+    except UserError as e:
+        required = str(e)
+    Path(f"{out}.{rank}").write_text(json.dumps({"exchange": exchange is not None, "why": why, "auto": auto,
+                                                 "required": required}))
+    del model  # DDP holds the group: gone before the group is (trainer.distributed.shutdown says why)
+    gc.collect()
     dist.destroy_process_group()
 
 
@@ -134,6 +154,8 @@ def dense_gradients(rank: int, world: int, init_file: str, out: str) -> None:
     Path(f"{out}.{rank}").write_text(json.dumps({
         "max_diff": float((grads[0] - grads[1]).abs().max()), "scale": float(grads[0].abs().max()),
         "same_on_all_ranks": all(torch.equal(everyone[0], g) for g in everyone), "calls": exchange.calls}))
+    del ddp, model  # DDP holds the group: gone before the group is
+    gc.collect()
     close_all()
     dist.destroy_process_group()
 

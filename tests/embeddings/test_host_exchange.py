@@ -55,6 +55,10 @@ def test_a_rank_that_cannot_take_part_makes_all_fall_back(tmp_path):
     assert [g["exchange"] for g in got] == [False, False]
     assert got[0]["why"] == got[1]["why"]
     assert got[0]["why"].startswith("rank 1: aarch64 is not x86-64")
+    for g in got:  # train.cpu_exchange: auto goes on through gloo, shared_memory refuses, saying why
+        assert g["auto"] == g["why"]
+        assert g["required"] == ("config key 'train.cpu_exchange': shared_memory is not possible here: "
+                                 + g["why"])
 
 
 @pytest.mark.parametrize("world", [2, 3])
