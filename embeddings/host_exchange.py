@@ -138,6 +138,8 @@ class HostExchange:
             if fd >= 0:
                 os.unlink(paths[rank])  # mapped everywhere (or given up): the name is not needed any more
         if why:
+            if fd >= 0 and fds[rank] < 0:  # made, but never mapped
+                os.close(fd)
             for m, f in zip(maps, fds):
                 if m is not None:
                     m.close()
@@ -205,7 +207,7 @@ class HostExchange:
         self.waited_s += time.monotonic() - began
 
     def _check(self, peer: int, waited: float) -> None:
-        what = f"rank {self.rank} waited for rank {peer} in the shared-memory embedding exchange (call {self.calls})"
+        what = f"rank {self.rank} waited for rank {peer} in the shared-memory exchange (call {self.calls})"
         if self._headers[peer][_CALLS] >= self.calls:
             return
         if self._headers[peer][_CLOSED]:
@@ -254,10 +256,10 @@ def _first_reason(pg: dist.ProcessGroup, why: str) -> str:
 
 
 def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: float, required: bool = False) -> str:
-    """Collective: when every rank of the default group is on this host, send the pooled
-    embeddings of `model` (a DMP-sharded model on CPU; its table-wise and column-wise
-    all-to-alls) and its dense gradients (DDP's all-reduce) through a HostExchange, its slots
-    sized for `batch_size` samples a rank and the dense gradients. Returns "" when done (or
+    """Collective: when every rank of the default group is on this host, send the sparse
+    features and pooled embeddings of `model` (a DMP-sharded model on CPU; the all-to-alls of
+    its table-wise and column-wise tables) and its dense gradients (DDP's all-reduce) through
+    a HostExchange, its slots sized for `batch_size` samples a rank and the dense gradients. Returns "" when done (or
     there was nothing to exchange), else why not (raised instead when `required`)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return ""
