@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from shardrec.trainer.cpu_placement import rank_cores
+from shardrec.trainer.cpu_placement import oversubscribed, rank_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's sched_setaffinity")
@@ -115,3 +115,12 @@ def test_train_binds_the_second_of_two_local_ranks_to_the_second_core(affinity):
         print(torch.get_num_threads(), sorted(os.sched_getaffinity(0)))
     """)
     assert out.strip() == f"1 {[allowed[1]] if affinity == 'auto' else allowed}"
+
+
+def test_ranks_asking_for_more_threads_than_cores_are_warned():
+    assert oversubscribed(threads=1, local_world_size=2, cores=2) == ""
+    assert oversubscribed(threads=4, local_world_size=1, cores=2) == ""  # one process: torch's own business
+    warning = oversubscribed(threads=2, local_world_size=2, cores=2)
+    assert warning.startswith("2 ranks x 2 threads (train.num_threads) on 2 cores")
+    assert "leave train.num_threads at 0" in warning and "one rank a core" not in warning
+    assert "at most one rank a core" in oversubscribed(threads=1, local_world_size=4, cores=2)
