@@ -71,17 +71,17 @@ def by_thread(step: Callable[[], object], steps: int, rank: int) -> None:
     """Wall and per-thread CPU milliseconds a step over `steps` unprofiled steps. The kernel
     counts CPU time in clock ticks (10 ms at the usual 100 Hz): time enough steps for that
     to vanish (40 steps of the bench shape: 0.25 ms a step)."""
-    from shardrec.embeddings.host_exchange import _OPEN as exchanges
+    from shardrec.embeddings.host_exchange import waited_s
 
-    waited = sum(e.waited_s for e in exchanges)
+    waited = waited_s()
     before, start = thread_cpu_seconds(), time.perf_counter()
     for _ in range(steps):
         step()
     wall, after = time.perf_counter() - start, thread_cpu_seconds()
     used = {key: 1e3 * (cpu - before.get(key, 0.0)) / steps for key, cpu in after.items()}
-    waited = sum(e.waited_s for e in exchanges) - waited
+    waited = waited_s() - waited
     lines = [f"rank {rank}: {1e3 * wall / steps:.1f} ms a step (wall), {sum(used.values()):.1f} ms of CPU"
-             + (f", {1e3 * waited / steps:.1f} ms waiting for peers in shared memory" if exchanges else ""),
+             + (f", {1e3 * waited / steps:.1f} ms waiting for peers in shared memory" if waited else ""),
              "| thread | CPU ms/step |", "| --- | ---: |"]
     lines += [f"| {name} ({tid}) | {ms:.1f} |" for (tid, name), ms in sorted(used.items(), key=lambda kv: -kv[1])
               if ms >= 0.1]

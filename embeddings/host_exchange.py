@@ -239,6 +239,11 @@ class HostExchange:
             _OPEN.remove(self)
 
 
+def waited_s() -> float:
+    """Seconds this process's open exchanges have waited for their peers (for profiling)."""
+    return sum(e.waited_s for e in _OPEN)
+
+
 def close_all() -> None:
     """Close every exchange this process opened (its peers stop waiting for it at once)."""
     for exchange in list(_OPEN):

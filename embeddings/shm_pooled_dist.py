@@ -38,9 +38,8 @@ class SharedMemoryPooledDist(nn.Module):
         if not batches:
             batches = [local_embs.shape[0] // world] * world
         dtype = local_embs.dtype
-        sizes = _Sizes(batches, self.dims, self.exchange.rank,
-                       torch.empty((), dtype=self.comm_dtype or dtype).element_size(),
-                       torch.empty((), dtype=self.grad_dtype or dtype).element_size())
+        sizes = _Sizes(batches, self.dims, self.exchange.rank, (self.comm_dtype or dtype).itemsize,
+                       (self.grad_dtype or dtype).itemsize)
         if not (self.exchange.fits(sizes.forward) and self.exchange.fits(sizes.backward)):
             return self.fallback(local_embs, sharding_ctx)  # the same choice on every rank: sizes are global
         done = NoWait(_PooledAllToAll.apply(local_embs, self, sizes))
