@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from shardrec.embeddings.shm_allreduce import allreduce_hook
 from shardrec.embeddings.shm_features_dist import SharedMemoryFeaturesDist
-from shardrec.embeddings.shm_pooled_dist import SharedMemoryPooledDist, codec_dtypes
+from shardrec.embeddings.shm_pooled_dist import SharedMemoryPooledDist, Sizes, codec_dtypes
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
@@ -76,10 +76,10 @@ class HostExchange:
     order keeps the block's stores visible before the number's (other CPUs: not offered).
     """
 
-    def __init__(self, rank: int, world: int, capacity: int, timeout_s: float, maps: list[mmap.mmap],
+    def __init__(self, pg: dist.ProcessGroup, capacity: int, timeout_s: float, maps: list[mmap.mmap],
                  fds: list[int], paths: list[str]):
-        self.rank, self.world, self.capacity, self.timeout_s = rank, world, capacity, timeout_s
-        self.pg: dist.ProcessGroup | None = None  # set by open: what a fallback goes through
+        self.pg = pg  # the group it stands in for: what a fallback goes through
+        self.rank, self.world, self.capacity, self.timeout_s = pg.rank(), pg.size(), capacity, timeout_s
         self.paths = paths  # the files' names while they were made (all unlinked by now)
         self._maps, self._fds = maps, fds
         self._headers = [np.frombuffer(m, dtype=np.int64, count=HEADER // 8) for m in maps]
@@ -146,8 +146,7 @@ class HostExchange:
                 if f >= 0:
                     os.close(f)
             return None, why
-        exchange = cls(rank, world, capacity, timeout_s, maps, fds, paths)
-        exchange.pg = pg
+        exchange = cls(pg, capacity, timeout_s, maps, fds, paths)
         _OPEN.append(exchange)
         return exchange, ""
 
@@ -264,8 +263,9 @@ def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: flo
     """Collective: when every rank of the default group is on this host, send the sparse
     features and pooled embeddings of `model` (a DMP-sharded model on CPU; the all-to-alls of
     its table-wise and column-wise tables) and its dense gradients (DDP's all-reduce) through
-    a HostExchange, its slots sized for `batch_size` samples a rank and the dense gradients. Returns "" when done (or
-    there was nothing to exchange), else why not (raised instead when `required`)."""
+    a HostExchange, its slots sized for `batch_size` samples a rank and the dense gradients.
+    Returns "" when done (or there was nothing to exchange), else why not (raised instead
+    when `required`)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return ""
     pg = dist.distributed_c10d._get_default_group()
@@ -282,9 +282,9 @@ def use_shared_memory_exchange(model: nn.Module, batch_size: int, timeout_s: flo
         return ""
     capacity = 0
     for _, _, d in targets:
-        dims = d._dim_sum_per_rank
-        # fp32 (the widest either way): the rows each peer needs forward, or the columns backward.
-        capacity = max(capacity, batch_size * 4 * max(max((world - 1) * x, sum(dims) - x) for x in dims))
+        # What a call sends at `batch_size` samples a rank, in fp32 (the widest either way).
+        sizes = Sizes([batch_size] * world, d._dim_sum_per_rank, pg.rank(), 4, 4)
+        capacity = max(capacity, *(sum(row) for row in sizes.forward + sizes.backward))
     if ddp is not None:
         # What DDP all-reduces: not the sharded tables' parameters, which differ by rank.
         dense = sum(p.numel() * p.element_size() for name, p in ddp.module.named_parameters()

@@ -93,21 +93,22 @@ class SharedMemoryFeaturesDist(nn.Module):
                     block[a:a + n * value_size].view(ids.dtype),
                     block[b:b + n * weight_size].view(weights.dtype) if weights is not None else None)
 
-        def write(p, block):
-            ls, vs, ws = parts(block, me, p)
-            ls.copy_(lengths[self.cum[p] * stride:self.cum[p + 1] * stride])
+        def outgoing(p: int):
+            """(lengths, values, weights) of rank p's features in this rank's batch."""
             lo, hi = offsets[self.cum[p]], offsets[self.cum[p + 1]]
-            vs.copy_(ids[lo:hi])
-            if ws is not None:
-                ws.copy_(weights[lo:hi])
+            return (lengths[self.cum[p] * stride:self.cum[p + 1] * stride], ids[lo:hi],
+                    weights[lo:hi] if weights is not None else None)
+
+        def write(p, block):
+            for target, source in zip(parts(block, me, p), outgoing(p)):
+                if target is not None:
+                    target.copy_(source)
 
         def read(p, block):
             received[p] = parts(block, p, me)
 
         ex.exchange(nbytes, write, read)
-        lo, hi = offsets[self.cum[me]], offsets[self.cum[me + 1]]
-        received[me] = (lengths[self.cum[me] * stride:self.cum[me + 1] * stride], ids[lo:hi],
-                        weights[lo:hi] if weights is not None else None)
+        received[me] = outgoing(me)
         # Lengths: (F_me, sum(B)) with source r's (F_me, B_r) in its columns. Values: each
         # feature's ids from every source in rank order (the segments' sizes from the lengths).
         grid = out_lengths.view(f_me, total)

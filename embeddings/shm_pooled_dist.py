@@ -38,7 +38,7 @@ class SharedMemoryPooledDist(nn.Module):
         if not batches:
             batches = [local_embs.shape[0] // world] * world
         dtype = local_embs.dtype
-        sizes = _Sizes(batches, self.dims, self.exchange.rank, (self.comm_dtype or dtype).itemsize,
+        sizes = Sizes(batches, self.dims, self.exchange.rank, (self.comm_dtype or dtype).itemsize,
                        (self.grad_dtype or dtype).itemsize)
         if not (self.exchange.fits(sizes.forward) and self.exchange.fits(sizes.backward)):
             return self.fallback(local_embs, sharding_ctx)  # the same choice on every rank: sizes are global
@@ -47,7 +47,7 @@ class SharedMemoryPooledDist(nn.Module):
         return done
 
 
-class _Sizes:
+class Sizes:
     """Rows (batches) and columns (dims) per rank, their offsets, and the bytes each rank
     sends each other rank forward (embeddings: B_dst x D_src) and backward (gradients:
     B_src x D_dst)."""
@@ -65,7 +65,7 @@ class _PooledAllToAll(torch.autograd.Function):
     """(sum(B_r), D_me) -> (B_me, sum(D_r)) through the exchange; backward the reverse."""
 
     @staticmethod
-    def forward(ctx, local_embs: torch.Tensor, owner: SharedMemoryPooledDist, s: _Sizes) -> torch.Tensor:
+    def forward(ctx, local_embs: torch.Tensor, owner: SharedMemoryPooledDist, s: Sizes) -> torch.Tensor:
         ctx.owner, ctx.sizes, ctx.in_dtype = owner, s, local_embs.dtype
         me, dims, b = s.me, s.dims, s.batches
         comm = owner.comm_dtype or local_embs.dtype
