@@ -57,7 +57,7 @@ test-long: $(STAMP)
 	$(BIN)/python bench/fault_loop.py --launcher torchrun --runs 10
 	$(BIN)/python bench/fault_loop.py --launcher ray --runs 3
 
-# CPU training-speed benchmarks (about 4 minutes on 2 cores; results in docs/benchmarks.md):
+# CPU training-speed benchmarks (about 4-6 minutes on 2 cores; results in docs/benchmarks.md):
 # shardrec's step against plain PyTorch and the stock TorchRec recipe, the whole `shardrec
 # train` path, fp32 against bf16 quality, and 2 ranks against 1; then FBGEMM's table backward
 # alone, per updated row (10 s).

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_train.py [--steps 30] [--rounds 2] [--threads 2] [--batch 2048]
                                           [--rows 100000] [--dim 64] [--precision fp32,bf16]
                                           [--tables fp32,fp16] [--update aten,fbgemm] [--full]
-                                          [--quality] [--ranks]
+                                          [--quality] [--ranks] [--rank-rounds 3] [--rank-steps 60]
 
 The shape of issue 13: DLRM (torchrec.models.dlrm.DLRM) with 26 tables x rows x dim, bottom
 MLP 512-256-dim, top MLP 512-256-1, batch 2,048, one process, pre-built synthetic batches (so
@@ -36,7 +36,9 @@ samples) and each variant's difference from the unoptimised one.
 same per-rank batch, the 2 ranks once per --comm-precision entry (embeddings.comm_precision,
 optionally ":<sharding type>" and "@<train.cpu_exchange>", e.g. bf16@process_group
 for TorchRec's gloo all-to-all instead of the default shared memory): the scaling of the
-sum of both ranks' samples/s; --rounds rounds of it, medians reported.
+sum of both ranks' samples/s; --rank-rounds rounds of --rank-steps steps, medians
+reported (more than the single-process figures: a 2-rank step stalls whenever either core is
+taken by something else, so its rounds scatter more on a shared VM).
 """
 
 from __future__ import annotations
@@ -316,6 +318,8 @@ def main() -> None:
     p.add_argument("--ranks", action="store_true", help="also time 2 ranks x 1 thread against 1 x 1")
     p.add_argument("--quality", action="store_true", help="also compare the test AUC of fp32 and the other "
                    "precisions after the same samples of `shardrec train`")
+    p.add_argument("--rank-rounds", type=int, default=3, help="with --ranks: rounds (medians reported)")
+    p.add_argument("--rank-steps", type=int, default=60, help="with --ranks: timed steps a rank and round")
     p.add_argument("--quality-steps", type=int, default=250)
     p.add_argument("--full-steps", type=int, default=300)
     p.add_argument("--comm-precision", default="fp32,bf16,bf16@process_group",
@@ -385,11 +389,12 @@ def main() -> None:
                 print(f"  {p} - {reference} (unoptimised): {r['auc'] - runs[reference]['auc']:+.4f}")
     if args.ranks:
         # The dense layers in the last --precision given (bf16 in `make bench`), as before.
-        rates = ranks_scaling(args.steps, args.batch, args.rows, args.comm_precision.split(","), precisions[-1],
-                              args.rounds)
+        rates = ranks_scaling(args.rank_steps, args.batch, args.rows, args.comm_precision.split(","),
+                              precisions[-1], args.rank_rounds)
         ratios = {k: rates.pop(k) for k in list(rates) if k.startswith("ratios ")}
-        if args.rounds > 1:
-            print(f"(2 ranks: medians of {args.rounds} rounds; 2-rank / 1-rank ratio by round: "
+        if args.rank_rounds > 1:
+            print(f"(2 ranks: medians of {args.rank_rounds} rounds of {args.rank_steps} steps; 2-rank / 1-rank "
+                  "ratio by round: "
                   + "; ".join(f"comm {k.split()[1]} {', '.join(f'{x:.2f}x' for x in v)}" for k, v in ratios.items())
                   + ")")
         one = rates.pop("1")
