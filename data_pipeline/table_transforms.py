@@ -440,6 +440,10 @@ class RawFile:
             return "skip"
 
         include = list(self.columns if columns is None else columns)
+        # Arrow checks every string field for valid UTF-8 (about an eighth of the parse);
+        # bytes below 128 are valid UTF-8 whatever follows, and bytes.isascii() checks a chunk
+        # in well under a millisecond, so the parser's own check runs only where it can fail.
+        check_utf8 = not data.isascii()
         types = {c: pa.string() for c in include}
         fast = {**types, **{c: pa.float64() for c in numeric if c in types}}
         attempts = [fast, types] if fast != types else [types]
@@ -452,11 +456,18 @@ class RawFile:
                     parse_options=self._parse_options(wrong_width),
                     convert_options=pcsv.ConvertOptions(include_columns=include, column_types=column_types,
                                                         null_values=[""], strings_can_be_null=True,
-                                                        quoted_strings_can_be_null=True))
+                                                        quoted_strings_can_be_null=True, check_utf8=check_utf8))
                 break
             except pa.ArrowInvalid as e:
                 if column_types is not attempts[-1]:
                     continue  # a numeric column holds something else: every field as a string
+                # Arrow's "Row #N" counts the non-blank lines of `data` from 1, the rows
+                # that wrong_width skips included; "column #K" indexes the file's columns.
+                m = re.search(r"column #(\d+): Row #(\d+): CSV conversion error to string: invalid UTF8", str(e))
+                if m and int(m.group(1)) < len(self.columns) and 0 < int(m.group(2)) <= len(rows):
+                    raise UserError(f"{where_row(self, int(base + rows[int(m.group(2)) - 1]))}: column "
+                                    f"'{self.columns[int(m.group(1))]}' is not valid UTF-8 text (re-encode the "
+                                    "file as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
                 raise UserError(f"{self.path}: cannot parse the CSV near byte {base} ({e})") from None
         if table.num_rows + len(invalid) != len(rows):
             raise UserError(f"{self.path}: a quoted field holds a line break somewhere in bytes {base}.."

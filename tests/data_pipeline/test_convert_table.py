@@ -255,6 +255,30 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_text_beyond_ascii_is_kept_and_invalid_utf8_names_its_line(tmp_path):
+    # Chunks of plain ASCII are parsed without Arrow's UTF-8 check (it cannot fail there);
+    # any other chunk keeps it. Small chunks put the two kinds of chunk in one file.
+    ascii_rows = "".join(f"{i % 2},u{i % 7},g{i % 3}|h\n" for i in range(200))
+    text = "y,u,tags\n" + ascii_rows + "1,café,ü|h\n0,naïve,ü\n" + ascii_rows
+    src = tmp_path / "utf8.csv"
+    src.write_bytes(text.encode("utf-8"))
+    convert_table([src], tmp_path / "ok", label="y", sparse=["u"], multi_hot=["tags:|"], split=ALL_TRAIN,
+                  workers=1, chunk_bytes=1 << 10)
+    users = pq.read_table(tmp_path / "ok" / "vocab" / "u.parquet").column("value").to_pylist()
+    tags = pq.read_table(tmp_path / "ok" / "vocab" / "tags.parquet").column("value").to_pylist()
+    assert {"café", "naïve"} <= set(users) and "ü" in tags
+    ids = {v: i + 1 for i, v in enumerate(users)}
+    assert _col(tmp_path / "ok", "u")[200:202] == [ids["café"], ids["naïve"]]
+
+    bad = tmp_path / "latin1.csv"  # line 1 the header, 2-201 ASCII, 202 a blank line, 203 Latin-1
+    bad.write_bytes(("y,u,tags\n" + ascii_rows + "\n").encode() + "1,café,x\n".encode("latin-1")
+                    + ascii_rows.encode())
+    with pytest.raises(UserError, match=r"latin1\.csv:203: column 'u' is not valid UTF-8 text \(re-encode"):
+        convert_table([bad], tmp_path / "o", label="y", sparse=["u"], multi_hot=["tags:|"], workers=1,
+                      chunk_bytes=1 << 10)
+    assert not (tmp_path / "o").exists()
+
+
 def test_on_error_skip_counts_and_saves(tmp_path):
     src = _csv(tmp_path / "s.csv", "y,u,x\n1,a,1\n1,a\n7,b,2\n0,b,zz\n0,c,3\n\n1,c,4\n")
     schema = convert_table([src], tmp_path / "ds", label="y", sparse=["u"], dense=["x"], split=ALL_TRAIN,
