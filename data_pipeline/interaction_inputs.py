@@ -31,6 +31,7 @@ from shardrec.data_pipeline.convert_common import is_gzip, open_input
 from shardrec.data_pipeline.convert_table import parse_multi_hot, split_names
 from shardrec.data_pipeline.table_transforms import (
     EXTENSIONS,
+    NOT_UTF8_HINT,
     InputOptions,
     RawFile,
     _as_string,
@@ -192,7 +193,9 @@ def read_rows(paths: Sequence[str | Path], wanted: dict[str, str], *, delimiter:
                 chunks.append((chunk.table, len(sources), chunk.positions))
         except UserError as e:
             message = str(e).replace(str(src), str(path))
-            if "UTF8" in message and not encoding:
+            if NOT_UTF8_HINT in message and not encoding:
+                message = message.replace(NOT_UTF8_HINT, "pass --encoding (e.g. latin-1), or re-encode the file as UTF-8")
+            elif "UTF8" in message and not encoding:
                 message += "; if the file is not UTF-8 text, pass --encoding (e.g. latin-1)"
             raise UserError(message) from None
         sources.append(Source(raw, path))

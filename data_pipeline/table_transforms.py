@@ -63,6 +63,8 @@ MISSING_ID = 0
 _DENSE_MISSING = ["", "na", "n/a", "nan", "null", "none"]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 PARQUET_BATCH_ROWS = 65536
+# The remedy a text file that is not UTF-8 is told (`convert interactions` offers --encoding instead).
+NOT_UTF8_HINT = "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
 
 # ---------------------------------------------------------------------------------------
 # Hashing: stable 64-bit hashes of strings and of row positions, in numpy.
@@ -466,8 +468,8 @@ class RawFile:
                 m = re.search(r"column #(\d+): Row #(\d+): CSV conversion error to string: invalid UTF8", str(e))
                 if m and int(m.group(1)) < len(self.columns) and 0 < int(m.group(2)) <= len(rows):
                     raise UserError(f"{where_row(self, int(base + rows[int(m.group(2)) - 1]))}: column "
-                                    f"'{self.columns[int(m.group(1))]}' is not valid UTF-8 text (re-encode the "
-                                    "file as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
+                                    f"'{self.columns[int(m.group(1))]}' is not valid UTF-8 text ({NOT_UTF8_HINT})"
+                                    ) from None
                 raise UserError(f"{self.path}: cannot parse the CSV near byte {base} ({e})") from None
         if table.num_rows + len(invalid) != len(rows):
             raise UserError(f"{self.path}: a quoted field holds a line break somewhere in bytes {base}.."
